@@ -1,0 +1,42 @@
+#!/usr/bin/env bash
+# Creates (or refreshes) the project environment in $TOOLKIT_VENV (default .venv).
+# Safe to run again: each step is skipped when its result is already there.
+#
+# Order matters on CPU-only machines: the CPU torch wheel goes in first, and everything after it
+# is installed with torch constrained, so that no dependency can pull a multi-GB CUDA build.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+VENV=${TOOLKIT_VENV:-.venv}
+PY=${PYTHON:-python3}
+WHEELS=${TOOLKIT_WHEEL_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/toolkit/wheels}
+LLAMA_CPP_VERSION=$(sed -n 's/^llama-cpp-python==//p' constraints.txt)
+STAMP="$VENV/.toolkit-installed"
+want=$(cat pyproject.toml constraints.txt scripts/bootstrap.sh | sha256sum | cut -c1-16)
+
+if [ -f "$STAMP" ] && [ "$(cat "$STAMP")" = "$want" ]; then
+  echo "bootstrap: $VENV is up to date"; exit 0
+fi
+
+[ -x "$VENV/bin/python" ] || "$PY" -m venv "$VENV"
+PIP=("$VENV/bin/python" -m pip --disable-pip-version-check)
+"${PIP[@]}" install -q --upgrade pip wheel setuptools
+
+# 1. CPU torch before anything else.
+"${PIP[@]}" install -q "$(grep '^torch==' constraints.txt)"
+
+# 2. Everything that comes as wheels, torch held at the CPU build.
+"${PIP[@]}" install -q -c constraints.txt -e ".[hf,quant,mlx,hub,notebook,dev]" gguf
+
+# 3. llama-cpp-python has no wheel on PyPI: build it once, portable, and keep the wheel outside the
+#    repo. A native build (-DGGML_NATIVE=ON, the default) crashes with SIGILL on quantized models on
+#    VMs whose CPU advertises AMX it cannot run, so the instruction sets are named explicitly.
+mkdir -p "$WHEELS"
+if ! ls "$WHEELS"/llama_cpp_python-"$LLAMA_CPP_VERSION"-*.whl >/dev/null 2>&1; then
+  echo "bootstrap: building llama-cpp-python $LLAMA_CPP_VERSION (portable CPU build, ~10 min on 2 cores)"
+  CMAKE_ARGS="-DGGML_NATIVE=OFF -DGGML_AVX=ON -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON -DGGML_BMI2=ON -DLLAVA_BUILD=OFF" \
+    "${PIP[@]}" wheel -q --no-cache-dir --no-deps -w "$WHEELS" "llama-cpp-python==$LLAMA_CPP_VERSION"
+fi
+"${PIP[@]}" install -q -c constraints.txt --find-links "$WHEELS" -e ".[all]"
+
+echo "$want" > "$STAMP"
+echo "bootstrap: $VENV ready"

@@ -1,0 +1,109 @@
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+from _modelfiles import TINY_CONFIG, gptq_tensors, make_folder
+
+from toolkit import memory as mem
+from toolkit.hardware import device_from_spec
+from toolkit.inspect import inspect
+
+FIX = Path(__file__).parent / "fixtures" / "configs"
+
+
+def info_for(tmp_path, name, index=False):
+    folder = make_folder(tmp_path / name, json.loads((FIX / f"{name}.config.json").read_text()))
+    if index:
+        shutil.copy(FIX / f"{name}.index.json", folder / "model.safetensors.index.json")
+    return inspect(folder)
+
+
+@pytest.mark.parametrize("name,dtype,expected", [
+    ("llama-3.1-8b", "bfloat16", 131_072),  # 32 layers * 2 * 8 kv heads * 128 * 2 B
+    ("llama-2-7b", "float16", 524_288),  # MHA: 32 * 2 * 32 * 128 * 2
+    ("mixtral-8x7b", "bfloat16", 131_072),
+    ("deepseek-v2-lite", "bfloat16", 31_104),  # MLA latent: 27 * (512 + 64) * 2
+    ("qwen2.5-0.5b", "bfloat16", 12_288),  # 24 * 2 * 2 * 64 * 2
+    ("gemma-2-2b", "bfloat16", 106_496),  # 26 * 2 * 4 * 256 * 2
+    ("llama-3.1-8b", "fp8", 65_536),
+])
+def test_kv_bytes_per_token(tmp_path, name, dtype, expected):
+    assert mem.kv_bytes_per_token(info_for(tmp_path, name), dtype) == expected
+
+
+def test_mla_decompressed_for_hf(tmp_path):
+    ds = info_for(tmp_path, "deepseek-v2-lite")
+    # transformers caches full k (nope+rope) and v per head: 27 * 16 * (128 + 64 + 128) * 2
+    assert mem.kv_bytes_per_token(ds, "bfloat16", mla_latent=False) == 27 * 16 * 320 * 2
+
+
+def test_sliding_window_cap(tmp_path):
+    gm = info_for(tmp_path, "gemma-2-2b")
+    per_layer = 2 * 4 * 256 * 2
+    assert mem.kv_cache_bytes(gm, 8192, 1, "bfloat16") == per_layer * (13 * 8192 + 13 * 4096)
+    assert mem.kv_cache_bytes(gm, 2048, 2, "bfloat16") == per_layer * 26 * 2048 * 2
+    llama = info_for(tmp_path, "llama-3.1-8b")
+    assert mem.kv_cache_bytes(llama, 1000, 3, "bfloat16") == 131_072 * 1000 * 3
+
+
+@pytest.mark.parametrize("name", ["llama-3.1-8b", "llama-2-7b", "mixtral-8x7b", "deepseek-v2-lite"])
+def test_unquantized_weights_equal_total_size(tmp_path, name):
+    info = info_for(tmp_path, name, index=True)
+    assert mem.weights_bytes(info, "none", info.checkpoint_dtype) == info.checkpoint_bytes
+    assert mem.weights_bytes(info, "none", "float32") == 2 * info.checkpoint_bytes
+
+
+def test_quantized_weights(tmp_path):
+    info = info_for(tmp_path, "llama-3.1-8b", index=True)
+    full = mem.weights_bytes(info, "none")
+    b8, b4 = mem.weights_bytes(info, "bnb-8bit"), mem.weights_bytes(info, "bnb-4bit")
+    assert full > b8 > b4
+    # embeddings + lm_head (1.05B params) stay bf16
+    emb = 2 * 128256 * 4096 * 2
+    assert b4 == pytest.approx(emb + (8_030_261_248 - 2 * 128256 * 4096) * 4.5 / 8, rel=0.001)
+    assert 5.9e9 < b4 < 6.1e9 and 9.0e9 < b8 < 9.2e9
+    mlx4 = mem.weights_bytes(info, "mlx-4bit")
+    assert mlx4 == pytest.approx(8_030_261_248 * 4.5 / 8, rel=0.01)  # MLX quantizes embeddings too
+    assert mem.weights_bytes(info, "gguf-q4_k_m") == pytest.approx(8_030_261_248 * 4.89 / 8, rel=0.001)
+
+
+def test_bits_per_weight():
+    assert mem.bits_per_weight("bnb-4bit") == 4.5
+    assert mem.bits_per_weight("bnb-4bit", double_quant=True) == pytest.approx(4.127, abs=0.001)
+    assert mem.bits_per_weight("bnb-8bit", in_features=4096) == pytest.approx(8 + 32 / 4096)
+    assert mem.bits_per_weight("awq-4bit") == pytest.approx(4 + 16 / 128 + 4 / 128)
+    assert mem.bits_per_weight("gptq-4bit", out_features=4096) == pytest.approx(4 + 20 / 128 + 32 / 4096)
+    assert mem.bits_per_weight("mlx-4bit") == 4.5 and mem.bits_per_weight("mlx-8bit") == 8.5
+    assert mem.bits_per_weight("gguf-q8_0") == 8.5 and mem.bits_per_weight("gguf-q4_0") == 4.5
+    assert mem.bits_per_weight("gguf-q6_k") == pytest.approx(6.5625)
+    assert mem.bits_per_weight("none", dtype="float32") == 32
+    with pytest.raises(ValueError):
+        mem.bits_per_weight("zip-3bit")
+
+
+def test_gptq_formula_matches_real_layout(tmp_path):
+    qcfg = dict(TINY_CONFIG, torch_dtype="float16",
+                quantization_config={"quant_method": "gptq", "bits": 4, "group_size": 128})
+    info = inspect(make_folder(tmp_path / "gptq", qcfg, gptq_tensors(qcfg)))
+    assert mem.weights_bytes(info, "gptq-4bit") == info.checkpoint_bytes  # own format: exact
+    # formula from bits_per_weight agrees with the real packed layout within 2%
+    clone = type(info)(**{**info.to_dict(), "quantization": "none"})
+    assert mem.weights_bytes(clone, "gptq-4bit", "float16") == pytest.approx(info.checkpoint_bytes, rel=0.02)
+
+
+def test_activation_and_overhead(tmp_path):
+    info = info_for(tmp_path, "llama-3.1-8b")
+    hf = mem.activation_bytes(info, 4096, 1, "bfloat16", "hf")
+    assert hf >= 4096 * 128256 * 4  # fp32 logits for every position
+    assert mem.activation_bytes(info, 4096, 1, "bfloat16", "vllm") < hf / 5
+    t4 = device_from_spec("2xT4")
+    assert mem.overhead_bytes("vllm", t4) == 2 * (mem.CUDA_CONTEXT_BYTES + mem.VLLM_CUDA_GRAPH_BYTES)
+    assert mem.overhead_bytes("hf", device_from_spec("cpu:8GiB")) == mem.CPU_RUNTIME_HF_BYTES
+    dev = device_from_spec("A100-80GB")
+    assert mem.budget_bytes(dev, "vllm") == int(0.9 * dev.total_bytes)
+    busy = type(dev)(**{**dev.__dict__, "free_bytes": dev.total_bytes - 10 * 2**30})
+    assert mem.budget_bytes(busy, "vllm") == int(0.9 * dev.total_bytes) - 10 * 2**30
+    assert mem.budget_bytes(busy, "hf") == busy.free_bytes

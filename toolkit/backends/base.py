@@ -1,0 +1,333 @@
+"""The one protocol every backend implements.
+
+A backend module exposes ``load(target: LoadTarget) -> Loaded``. ``Loaded`` subclasses implement
+``_stream`` (token-by-token generation), ``logprobs`` and ``_unload``; everything else — the public
+``stream`` with its timings, ``generate`` as a loop over ``stream``, batching fallbacks, async twins,
+context-manager use — lives here once, so that every backend is measured the same way.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import gc
+import threading
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, AsyncIterator, Iterator, Sequence, Union
+
+import numpy as np
+
+Messages = list[dict[str, str]]
+Prompt = Union[str, Messages, Sequence[int]]
+
+FINISH_REASONS = ("stop", "length", "eos")
+
+
+@dataclass
+class GenerationConfig:
+    """How to generate. Greedy by default (temperature 0), so results are reproducible.
+
+    Attributes:
+        max_tokens: Upper bound on generated tokens.
+        temperature: 0 means greedy decoding.
+        top_p: Nucleus sampling mass, used when temperature > 0.
+        stop: Strings that end generation; the stop string itself is not returned.
+        seed: Sampling seed (ignored when greedy).
+        system_prompt: Prepended as a system message when the prompt is a chat.
+        ignore_eos: Keep generating past end-of-sequence (benchmarks use this for fixed lengths).
+    """
+
+    max_tokens: int = 64
+    temperature: float = 0.0
+    top_p: float = 1.0
+    stop: tuple[str, ...] = ()
+    seed: int | None = None
+    system_prompt: str | None = None
+    ignore_eos: bool = False
+
+    def __post_init__(self) -> None:
+        from toolkit.errors import InvalidSpec
+
+        if self.max_tokens < 1:
+            raise InvalidSpec(f"max_tokens must be at least 1, got {self.max_tokens}")
+        if self.temperature < 0:
+            raise InvalidSpec(f"temperature must be >= 0, got {self.temperature}")
+        if not 0 < self.top_p <= 1:
+            raise InvalidSpec(f"top_p must be in (0, 1], got {self.top_p}")
+        if isinstance(self.stop, str):
+            self.stop = (self.stop,)
+        self.stop = tuple(self.stop)
+
+
+@dataclass
+class Chunk:
+    """One step of a stream: the new text and token ids, with running counts and timings."""
+
+    text: str
+    token_ids: list[int]
+    prompt_tokens: int
+    generated_tokens: int
+    elapsed_s: float
+    ttft_s: float
+    tokens_per_s: float
+    finish_reason: str | None = None
+
+
+@dataclass
+class GenerationResult:
+    """A finished generation with its timings.
+
+    ``prefill_tok_s`` is prompt tokens over time-to-first-token; ``decode_tok_s`` counts the tokens
+    after the first over the time after the first.
+    """
+
+    text: str
+    token_ids: list[int]
+    prompt_tokens: int
+    completion_tokens: int
+    finish_reason: str
+    ttft_s: float
+    total_s: float
+
+    @property
+    def decode_tok_s(self) -> float:
+        decode_time = self.total_s - self.ttft_s
+        return (self.completion_tokens - 1) / decode_time if self.completion_tokens > 1 and decode_time > 0 else 0.0
+
+    @property
+    def prefill_tok_s(self) -> float:
+        return self.prompt_tokens / self.ttft_s if self.ttft_s > 0 else 0.0
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d.update(decode_tok_s=self.decode_tok_s, prefill_tok_s=self.prefill_tok_s)
+        return d
+
+    def _repr_markdown_(self) -> str:
+        return (f"{self.text}\n\n*{self.prompt_tokens} prompt + {self.completion_tokens} new tokens, "
+                f"{self.finish_reason}; TTFT {self.ttft_s*1000:.0f} ms, {self.decode_tok_s:.1f} tok/s*")
+
+
+@dataclass
+class LoadTarget:
+    """What to load: a resolved local path plus the planned settings a backend needs."""
+
+    path: Path
+    backend: str
+    quantization: str = "none"
+    dtype: str = "auto"
+    max_context: int | None = None
+    device: str = "cpu"
+    tensor_parallel: int = 1
+    trust_remote_code: bool = False
+    options: dict[str, Any] = field(default_factory=dict)
+
+
+class Loaded:
+    """A loaded model. Subclasses implement ``_stream``, ``logprobs``, ``_unload`` and ``encode``.
+
+    Use as a context manager to unload on exit. All generation goes through :meth:`stream`;
+    a lock keeps concurrent callers (threads, the async twins, widgets) from interleaving.
+    """
+
+    backend: str = "?"
+
+    def __init__(self, target: LoadTarget) -> None:
+        self.target = target
+        self.load_s: float | None = None
+        self._lock = threading.RLock()
+        self._closed = False
+        self.attempts: list[dict[str, Any]] = []  # filled by toolkit.load when it fell back
+
+    # -- to implement -------------------------------------------------------------------------
+    def encode(self, text: str) -> list[int]:
+        raise NotImplementedError
+
+    def decode(self, ids: Sequence[int]) -> str:
+        raise NotImplementedError
+
+    def apply_chat_template(self, messages: Messages) -> list[int]:
+        raise NotImplementedError
+
+    def _stream(self, prompt_ids: list[int], config: GenerationConfig) -> Iterator[tuple[list[int], str, bool]]:
+        """Yield (new token ids, new text, hit_eos) per step; stop when the backend stops."""
+        raise NotImplementedError
+
+    def logprobs(self, sequences: Sequence[Sequence[int]]) -> list[np.ndarray]:
+        """Next-token log-probabilities: for each sequence of n ids, an (n-1, vocab) float32 array
+        whose row i is log p(· | ids[: i + 1]); each row's exp sums to 1."""
+        raise NotImplementedError
+
+    def _unload(self) -> None:
+        raise NotImplementedError
+
+    def weights_bytes(self) -> int | None:
+        """Bytes of the weights as they are held, counted from the stored tensors when possible."""
+        return None
+
+    # -- shared ---------------------------------------------------------------------------------
+    @property
+    def vocab_size(self) -> int:
+        raise NotImplementedError
+
+    def prompt_ids(self, prompt: Prompt, config: GenerationConfig | None = None) -> list[int]:
+        """Token ids for a prompt: a string, chat messages, or ids passed through."""
+        config = config or GenerationConfig()
+        if isinstance(prompt, str):
+            return self.encode(prompt)
+        if len(prompt) and isinstance(prompt[0], dict):
+            messages = list(prompt)  # type: ignore[arg-type]
+            if config.system_prompt and messages[0].get("role") != "system":
+                messages = [{"role": "system", "content": config.system_prompt}] + messages
+            return self.apply_chat_template(messages)
+        return [int(t) for t in prompt]  # type: ignore[union-attr]
+
+    def stream(self, prompt: Prompt, config: GenerationConfig | None = None, **options: Any) -> Iterator[Chunk]:
+        """Stream a generation chunk by chunk; the last chunk carries ``finish_reason``."""
+        config = _config(config, options)
+        self._check_open()
+        ids = self.prompt_ids(prompt, config)
+        with self._lock:
+            yield from self._timed_stream(ids, config)
+
+    def _timed_stream(self, ids: list[int], config: GenerationConfig) -> Iterator[Chunk]:
+        start = time.perf_counter()
+        ttft = 0.0
+        generated = 0
+        text_so_far = ""
+        finish: str | None = None
+        pending: Chunk | None = None
+        for new_ids, new_text, hit_eos in self._stream(ids, config):
+            now = time.perf_counter() - start
+            if generated == 0:
+                ttft = now
+            generated += len(new_ids)
+            text_so_far += new_text
+            if config.stop:
+                cut = _find_stop(text_so_far, config.stop)
+                if cut is not None:
+                    new_text = new_text[: max(0, len(new_text) - (len(text_so_far) - cut))]
+                    finish = "stop"
+            if finish is None and hit_eos and not config.ignore_eos:
+                finish = "eos"
+            if finish is None and generated >= config.max_tokens:
+                finish = "length"
+            rate = (generated - 1) / (now - ttft) if generated > 1 and now > ttft else 0.0
+            if pending is not None:
+                yield pending
+            pending = Chunk(new_text, list(new_ids), len(ids), generated, now, ttft, rate, finish)
+            if finish is not None:
+                break
+        if pending is not None:
+            pending.finish_reason = pending.finish_reason or "length"
+            yield pending
+
+    def generate(self, prompt: Prompt, config: GenerationConfig | None = None, **options: Any) -> GenerationResult:
+        """Generate to completion: a loop over :meth:`stream`."""
+        config = _config(config, options)
+        parts: list[str] = []
+        token_ids: list[int] = []
+        last: Chunk | None = None
+        for chunk in self.stream(prompt, config):
+            parts.append(chunk.text)
+            token_ids.extend(chunk.token_ids)
+            last = chunk
+        if last is None:
+            return GenerationResult("", [], len(self.prompt_ids(prompt, config)), 0, "length", 0.0, 0.0)
+        return GenerationResult("".join(parts), token_ids, last.prompt_tokens, last.generated_tokens,
+                                last.finish_reason or "length", last.ttft_s, last.elapsed_s)
+
+    def generate_batch(self, prompts: Sequence[Prompt], config: GenerationConfig | None = None,
+                       **options: Any) -> list[GenerationResult]:
+        """Generate for several prompts. Backends that batch natively override this."""
+        config = _config(config, options)
+        return [self.generate(p, config) for p in prompts]
+
+    async def astream(self, prompt: Prompt, config: GenerationConfig | None = None,
+                      **options: Any) -> AsyncIterator[Chunk]:
+        """Async twin of :meth:`stream`: runs the stream in a worker thread."""
+        config = _config(config, options)
+        queue: asyncio.Queue = asyncio.Queue()
+        loop = asyncio.get_running_loop()
+        done = object()
+
+        def worker() -> None:
+            try:
+                for chunk in self.stream(prompt, config):
+                    loop.call_soon_threadsafe(queue.put_nowait, chunk)
+            except BaseException as exc:  # surfaced in the awaiting task
+                loop.call_soon_threadsafe(queue.put_nowait, exc)
+            finally:
+                loop.call_soon_threadsafe(queue.put_nowait, done)
+
+        thread = threading.Thread(target=worker, daemon=True)
+        thread.start()
+        while True:
+            item = await queue.get()
+            if item is done:
+                break
+            if isinstance(item, BaseException):
+                raise item
+            yield item
+
+    async def agenerate(self, prompt: Prompt, config: GenerationConfig | None = None,
+                        **options: Any) -> GenerationResult:
+        """Async twin of :meth:`generate`."""
+        return await asyncio.to_thread(self.generate, prompt, _config(config, options))
+
+    def memory(self) -> dict[str, Any]:
+        """Measured memory: process RSS now and its peak, plus the weights as held."""
+        from toolkit.trackers import process_memory
+
+        info = process_memory()
+        info["weights_bytes"] = self.weights_bytes()
+        return info
+
+    def unload(self) -> None:
+        """Free the model. Safe to call twice."""
+        with self._lock:
+            if self._closed:
+                return
+            self._unload()
+            self._closed = True
+        gc.collect()
+
+    def _check_open(self) -> None:
+        if self._closed:
+            from toolkit.errors import ToolkitError
+
+            raise ToolkitError(f"this {self.backend} model was unloaded: load it again with toolkit.load(...)")
+
+    def __enter__(self) -> "Loaded":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.unload()
+
+    def __repr__(self) -> str:
+        state = "unloaded" if self._closed else "loaded"
+        return (f"<{type(self).__name__} {self.target.path.name} backend={self.backend} "
+                f"quantization={self.target.quantization} dtype={self.target.dtype} {state}>")
+
+
+def _config(config: GenerationConfig | None, options: dict[str, Any]) -> GenerationConfig:
+    if config is None:
+        return GenerationConfig(**options)
+    if options:
+        from dataclasses import replace
+
+        return replace(config, **options)
+    return config
+
+
+def _find_stop(text: str, stops: tuple[str, ...]) -> int | None:
+    hits = [i for i in (text.find(s) for s in stops) if i >= 0]
+    return min(hits) if hits else None
+
+
+def log_softmax(logits: np.ndarray) -> np.ndarray:
+    """Numerically stable log-softmax over the last axis, in float32."""
+    logits = logits.astype(np.float32, copy=False)
+    shifted = logits - logits.max(axis=-1, keepdims=True)
+    return shifted - np.log(np.exp(shifted).sum(axis=-1, keepdims=True))

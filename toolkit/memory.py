@@ -1,0 +1,276 @@
+"""Memory formulas: weights per format, KV cache, activations and runtime overheads.
+
+Pure functions of a ``ModelInfo`` and a few choices; no hardware access, no heavy imports. Every
+constant names its source. Constants marked "to calibrate" are first estimates that the benchmark
+will refine.
+"""
+
+from __future__ import annotations
+
+from toolkit.hardware import Device
+from toolkit.inspect import DTYPE_BYTES, ModelInfo
+
+GiB = 2**30
+MiB = 2**20
+
+DTYPES = {"float32": 4, "bfloat16": 2, "float16": 2}
+DTYPE_ALIASES = {"fp32": "float32", "float": "float32", "bf16": "bfloat16", "fp16": "float16", "half": "float16",
+                 "auto": "auto"}
+# KV cache element sizes: fp8 is vLLM's --kv-cache-dtype fp8 (1 byte); q8_0/q4_0 are llama.cpp's
+# --cache-type-k/v, whose blocks are 34 and 18 bytes per 32 values (ggml-common.h).
+KV_DTYPE_BYTES = {"float32": 4.0, "bfloat16": 2.0, "float16": 2.0, "fp8": 1.0, "fp8_e4m3": 1.0, "fp8_e5m2": 1.0,
+                  "q8_0": 34 / 32, "q4_0": 18 / 32}
+
+# bitsandbytes LLM.int8 (bitsandbytes/nn/modules.py Int8Params): int8 weight + one fp32 absmax
+# (SCB) per output row -> 8 + 32/in_features bits per weight.
+BNB_INT8_BITS = 8.0
+# bitsandbytes 4-bit (nf4/fp4), blocksize 64 (bnb.functional.quantize_4bit default):
+#   4 bits + fp32 absmax per 64 weights = 4 + 32/64 = 4.5 bits/weight;
+#   with double quant the absmax is stored as 8 bits per 64 weights plus one fp32 per 256 blocks:
+#   4 + 8/64 + 32/(64*256) = 4.127 bits/weight. transformers' BitsAndBytesConfig defaults to
+#   bnb_4bit_use_double_quant=False, so 4.5 is the default here.
+BNB_4BIT_BLOCK = 64
+BNB_4BIT_BITS = 4 + 32 / BNB_4BIT_BLOCK
+BNB_4BIT_DQ_BITS = 4 + 8 / BNB_4BIT_BLOCK + 32 / (BNB_4BIT_BLOCK * 256)
+# GPTQ/AWQ group size default (AutoGPTQ/AutoAWQ/transformers GPTQConfig default group_size=128).
+DEFAULT_GROUP_SIZE = 128
+# MLX affine quantization: mlx.core.quantize default group_size=64, one fp16 scale and one fp16
+# bias per group -> bits + 32/64 bits/weight.
+MLX_GROUP_SIZE = 64
+# GGUF: exact bits/weight of the block types (ggml-common.h block sizes: bytes*8/weights), and
+# approximate whole-model averages of llama.cpp's mixes (tools/quantize README table of sizes for
+# Llama-2-7B / Llama-3-8B: mixes keep some tensors, e.g. output and attn_v, at higher types).
+GGUF_BITS = {
+    "f32": 32.0, "f16": 16.0, "bf16": 16.0, "q8_0": 8.5, "q4_0": 4.5, "q4_1": 5.0, "q5_0": 5.5, "q5_1": 6.0,
+    "q2_k": 2.625, "q3_k": 3.4375, "q4_k": 4.5, "q5_k": 5.5, "q6_k": 6.5625, "iq4_nl": 4.5, "iq4_xs": 4.25,
+    # mixes (approximate, from llama.cpp's quantize README: size / params)
+    "q2_k_s": 2.97, "q3_k_s": 3.50, "q3_k_m": 3.91, "q3_k_l": 4.27, "q4_k_s": 4.58, "q4_k_m": 4.89,
+    "q5_k_s": 5.54, "q5_k_m": 5.70,
+}
+# Lossiness ranking is by effective bits; these are the nominal bits of the toolkit names.
+NOMINAL_BITS = {"none": 16.0, "bnb-8bit": 8.0, "bnb-4bit": 4.0, "gptq-8bit": 8.0, "gptq-4bit": 4.0,
+                "awq-4bit": 4.0, "ct-gptq-4bit": 4.0, "ct-awq-4bit": 4.0, "mlx-8bit": 8.0, "mlx-4bit": 4.0,
+                "mlx-6bit": 6.0, "mlx-3bit": 3.0}
+
+# Runtime overheads ----------------------------------------------------------------------------
+# CUDA context + cuBLAS/cuDNN workspaces: PyTorch's CUDA semantics notes put the context at
+# "hundreds of MB" (300-500 MiB on recent GPUs with lazy module loading, CUDA >= 11.7). To calibrate.
+CUDA_CONTEXT_BYTES = 500 * MiB
+# PyTorch caching allocator keeps freed blocks and rounds allocations (to 512 B / 2 MiB segments):
+# reserve-vs-allocated slack of a few percent of the live tensors. To calibrate.
+TORCH_ALLOCATOR_SLACK = 0.05
+# vLLM: --gpu-memory-utilization default 0.9 (vllm/config EngineArgs); vLLM pre-allocates that
+# fraction of *total* GPU memory (other processes' usage included) for weights+activations+KV.
+VLLM_GPU_MEMORY_UTILIZATION = 0.9
+# vLLM CUDA graph capture: the "Graph capturing finished ... took 0.3-0.6 GiB" log line for 7-8B
+# models at default capture sizes. To calibrate.
+VLLM_CUDA_GRAPH_BYTES = 512 * MiB
+# vLLM chunked prefill: max_num_batched_tokens default 8192 in the V1 engine (vllm/config).
+VLLM_MAX_BATCHED_TOKENS = 8192
+VLLM_BLOCK_SIZE = 16  # vLLM's default KV cache block size (tokens per block)
+# llama.cpp: physical micro-batch n_ubatch default 512 (common/common.h); compute buffers scale
+# with it. The CUDA backend still needs a CUDA context (~300 MiB).
+LLAMACPP_UBATCH = 512
+LLAMACPP_CUDA_CONTEXT_BYTES = 300 * MiB
+# mlx-lm prefill_step_size default 2048 (mlx_lm/generate.py); activations scale with it.
+MLX_PREFILL_STEP = 2048
+# CPU process RSS of the runtime itself (python + libraries), before any weights.
+# `import torch, transformers` ~ 400 MB RSS (figure from the project brief, measured on this
+# machine class; to calibrate with the benchmark).
+CPU_RUNTIME_HF_BYTES = 400 * 10**6
+# `import llama_cpp` + ggml CPU backend: ~ 60 MB RSS (estimate; to calibrate).
+CPU_RUNTIME_LLAMACPP_BYTES = 60 * 10**6
+# vLLM on CPU imports torch + vllm: ~ 1 GB RSS (estimate; to calibrate).
+CPU_RUNTIME_VLLM_BYTES = 1000 * 10**6
+# `import mlx, mlx_lm` ~ 200 MB (estimate; to calibrate).
+MLX_RUNTIME_BYTES = 200 * 10**6
+
+
+def normalize_dtype(dtype: str | None) -> str | None:
+    """Map ``"bf16"``/``"fp16"``/``"fp32"`` and friends to torch-style names."""
+    if dtype is None:
+        return None
+    d = str(dtype).lower().replace("torch.", "")
+    return DTYPE_ALIASES.get(d, d)
+
+
+def bits_per_weight(quantization: str, *, group_size: int | None = None, dtype: str = "bfloat16",
+                    in_features: int = 4096, out_features: int = 4096, double_quant: bool = False) -> float:
+    """Effective stored bits per quantized weight, metadata included.
+
+    Args:
+        quantization: A toolkit quantization name (``none``, ``bnb-4bit``, ``gptq-4bit``, ``gguf-q4_k_m``...).
+        group_size: GPTQ/AWQ/MLX group size (defaults 128 / 128 / 64).
+        dtype: Storage dtype for ``none``.
+        in_features: Typical input width (for per-row metadata).
+        out_features: Typical output width (for GPTQ's g_idx, one int32 per input row).
+        double_quant: bnb 4-bit with double quantization.
+
+    Returns:
+        Bits per weight.
+    """
+    q = quantization.lower()
+    if q == "none":
+        return 8.0 * DTYPES.get(normalize_dtype(dtype) or "bfloat16", 2)
+    if q == "bnb-8bit":
+        return BNB_INT8_BITS + 32 / in_features
+    if q == "bnb-4bit":
+        return BNB_4BIT_DQ_BITS if double_quant else BNB_4BIT_BITS
+    if q.startswith(("gptq-", "awq-", "ct-gptq-", "ct-awq-")):
+        bits = int(q.rsplit("-", 1)[1].removesuffix("bit"))
+        g = group_size or DEFAULT_GROUP_SIZE
+        # packed weight + fp16 scale per group per column + packed zero point per group per column
+        b = bits + 16 / g + bits / g
+        if q.startswith(("gptq-", "ct-gptq-")):
+            b += 32 / out_features  # g_idx: one int32 per input row
+        return b
+    if q.startswith("mlx-"):
+        bits = int(q[4:].removesuffix("bit"))
+        return bits + 32 / (group_size or MLX_GROUP_SIZE)
+    if q.startswith("gguf-"):
+        name = q[5:]
+        if name in GGUF_BITS:
+            return GGUF_BITS[name]
+    raise ValueError(f"unknown quantization {quantization!r}")
+
+
+def lossiness_bits(quantization: str) -> float:
+    """Nominal bits for ranking (higher = less lossy)."""
+    q = quantization.lower()
+    if q.startswith("gguf-"):
+        return GGUF_BITS.get(q[5:], 4.0)
+    return NOMINAL_BITS.get(q, 4.0)
+
+
+def _qcfg_group(info: ModelInfo) -> int | None:
+    q = info.quantization_config or {}
+    g = q.get("group_size", q.get("q_group_size"))
+    return int(g) if g and int(g) > 0 else None
+
+
+def weights_bytes(info: ModelInfo, quantization: str = "none", dtype: str | None = None) -> int:
+    """Resident bytes of the weights in a given format.
+
+    Which parts stay in 16-bit: bnb (transformers keeps ``lm_head`` unconverted via
+    ``get_keys_to_not_convert`` and never converts ``nn.Embedding``), GPTQ/AWQ (only decoder
+    ``nn.Linear`` layers are quantized; embeddings and lm_head stay fp16), compressed-tensors
+    (recipes ignore ``lm_head``). MLX quantizes embeddings and lm_head too (``nn.quantize`` covers
+    Linear and Embedding). GGUF bits are whole-file averages. Norms and biases always stay 16-bit.
+
+    Args:
+        info: The model.
+        quantization: Target format; the model's own prequantized format returns its checkpoint size.
+        dtype: Dtype of the unquantized parts (default: the checkpoint's dtype).
+
+    Returns:
+        Bytes. For ``none`` in the checkpoint's own dtype this is exactly ``info.checkpoint_bytes``.
+    """
+    q = quantization.lower()
+    ckpt_dtype = normalize_dtype(info.checkpoint_dtype)
+    dtype = normalize_dtype(dtype) or (ckpt_dtype if ckpt_dtype in DTYPES else "bfloat16")
+    if q == info.quantization and info.checkpoint_bytes and (q != "none" or dtype == ckpt_dtype):
+        return int(info.checkpoint_bytes)
+    half = DTYPES.get(dtype, 2)
+    if q == "none":
+        if info.quantization == "none" and info.checkpoint_bytes and ckpt_dtype in DTYPE_BYTES:
+            # scale the exact checkpoint size (keeps any stored buffers in the count)
+            return int(info.checkpoint_bytes * half // DTYPE_BYTES[ckpt_dtype])
+        return info.params * half
+    if q.startswith("gguf-"):
+        return int(info.params * bits_per_weight(q) / 8)
+    linear = info.linear_params or max(0, info.params - info.embedding_params - info.lm_head_params)
+    rest = max(0, info.params - linear)
+    in_f = info.hidden_size or 4096
+    out_f = info.intermediate_size or in_f
+    if q.startswith("mlx-"):
+        # everything with a matrix is quantized; norms (~2*h per layer) stay 16-bit
+        norms = 2 * info.hidden_size * info.num_layers + info.hidden_size
+        quantized = max(0, info.params - norms)
+        return int(quantized * bits_per_weight(q, group_size=_qcfg_group(info)) / 8) + norms * 2
+    bpw = bits_per_weight(q, group_size=_qcfg_group(info), in_features=in_f, out_features=out_f)
+    return int(linear * bpw / 8) + rest * half
+
+
+def kv_bytes_per_token(info: ModelInfo, kv_dtype: str = "bfloat16", *, mla_latent: bool = True) -> int:
+    """KV cache bytes per token for one sequence, every layer counted.
+
+    GQA/MQA use the KV head count. MLA caches the compressed latent (``kv_lora_rank`` +
+    ``qk_rope_head_dim`` per layer) in vLLM/llama.cpp/SGLang; transformers' DeepSeek code caches
+    decompressed keys and values, so pass ``mla_latent=False`` for the hf backend.
+    """
+    b = KV_DTYPE_BYTES[normalize_dtype(kv_dtype) or "bfloat16"]
+    if info.attention == "MLA" and info.kv_lora_rank:
+        rope = info.qk_rope_head_dim or 64
+        if mla_latent:
+            return int(info.num_layers * (info.kv_lora_rank + rope) * b)
+        nope_plus_v = (info.head_dim or 128) + (info.v_head_dim or 128)
+        return int(info.num_layers * info.num_heads * (nope_plus_v + rope) * b)
+    return int(info.num_layers * 2 * info.num_kv_heads * info.head_dim * b)
+
+
+def kv_cache_bytes(info: ModelInfo, context: int, batch: int = 1, kv_dtype: str = "bfloat16", *,
+                   mla_latent: bool = True) -> int:
+    """KV cache bytes for ``batch`` sequences of ``context`` tokens; windowed layers cap at the window."""
+    per_layer = kv_bytes_per_token(info, kv_dtype, mla_latent=mla_latent) / max(1, info.num_layers)
+    sliding = info.num_sliding_layers if info.sliding_window else 0
+    full = info.num_layers - sliding
+    tokens = full * context + sliding * min(context, info.sliding_window or context)
+    return int(per_layer * tokens * batch)
+
+
+def activation_bytes(info: ModelInfo, context: int, batch: int = 1, dtype: str = "bfloat16",
+                     backend: str = "hf") -> int:
+    """Peak activation bytes of one forward pass over the prompt.
+
+    hf: the full logits tensor ``batch*context*vocab`` upcast to fp32 (transformers computes
+    logits for every prompt position in a plain forward, e.g. for perplexity), plus the MLP
+    intermediate (gate and up, ``2*intermediate`` per token) and a few hidden-state copies.
+    vllm / llamacpp / mlx: prefill is chunked (vLLM max_num_batched_tokens, llama.cpp n_ubatch,
+    mlx-lm prefill_step_size) and logits are kept for the last token only. Attention scores are not
+    counted: SDPA/flash attention never materialise the full matrix.
+    """
+    b = DTYPES.get(normalize_dtype(dtype) or "bfloat16", 2)
+    inter = info.intermediate_size or 4 * info.hidden_size
+    per_token = (2 * inter + 4 * info.hidden_size) * b
+    if backend == "hf":
+        tokens = batch * context
+        logits = tokens * info.vocab_size * 4
+    else:
+        chunk = {"vllm": VLLM_MAX_BATCHED_TOKENS, "llamacpp": LLAMACPP_UBATCH, "mlx": MLX_PREFILL_STEP}.get(
+            backend, LLAMACPP_UBATCH)
+        tokens = min(batch * context, chunk)
+        logits = batch * info.vocab_size * 4
+    return int(tokens * per_token + logits)
+
+
+def overhead_bytes(backend: str, device: Device, *, weights_bytes: int = 0) -> int:
+    """Runtime memory that is neither weights, KV cache nor activations, summed over devices.
+
+    cuda: CUDA context per GPU, PyTorch allocator slack (hf), vLLM's CUDA graphs. cpu: the
+    process RSS of the runtime (python + torch + transformers for hf). mps: the MLX or torch
+    runtime. vLLM's ``gpu_memory_utilization`` is applied to the budget, not here.
+    """
+    n = max(1, device.count)
+    if device.kind == "cuda":
+        if backend == "llamacpp":
+            return LLAMACPP_CUDA_CONTEXT_BYTES * n
+        base = CUDA_CONTEXT_BYTES * n + int(TORCH_ALLOCATOR_SLACK * weights_bytes)
+        if backend == "vllm":
+            base += VLLM_CUDA_GRAPH_BYTES * n
+        return base
+    if device.kind == "mps":
+        return MLX_RUNTIME_BYTES if backend in ("mlx", "llamacpp") else CPU_RUNTIME_HF_BYTES
+    return {"llamacpp": CPU_RUNTIME_LLAMACPP_BYTES, "vllm": CPU_RUNTIME_VLLM_BYTES}.get(backend, CPU_RUNTIME_HF_BYTES)
+
+
+def budget_bytes(device: Device, backend: str, gpu_memory_utilization: float = VLLM_GPU_MEMORY_UTILIZATION) -> int:
+    """Memory a plan may use on ``device`` (all ``count`` devices together).
+
+    vLLM pre-allocates ``gpu_memory_utilization * total`` and fails if other processes already use
+    more than the rest, so its budget is that fraction of total minus what others use now.
+    """
+    n = max(1, device.count)
+    if backend == "vllm" and device.kind == "cuda":
+        used_by_others = device.total_bytes - device.free_bytes
+        return max(0, int(gpu_memory_utilization * device.total_bytes) - used_by_others) * n
+    return device.free_bytes * n
