@@ -15,6 +15,9 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import subprocess
+import sys
+import tempfile
 import time
 import traceback
 from dataclasses import dataclass
@@ -30,7 +33,7 @@ BACKEND_DEFAULT_VARIANTS = {
     "mlx": ("none", "mlx-4bit"),
 }
 ROW_FIELDS = ("variant", "backend", "quantization", "path", "weights_bytes", "predicted_weights_bytes",
-              "peak_memory_bytes", "load_s", "ttft_s", "prefill_tok_s", "decode_tok_s", "perplexity",
+              "peak_memory_bytes", "runtime_bytes", "peak_delta_bytes", "load_s", "ttft_s", "prefill_tok_s", "decode_tok_s", "perplexity",
               "kl_divergence", "top1_agreement", "tokens_scored", "error")
 
 
@@ -157,17 +160,18 @@ def _reference(results: Path | None, loaded: Any | None, windows: list[list[int]
         return None
     logprobs = loaded.logprobs(windows)
     if ref_path is not None:
+        ref_path.parent.mkdir(parents=True, exist_ok=True)
         np.savez(ref_path, windows=np.asarray(windows), **{f"lp{i}": lp for i, lp in enumerate(logprobs)})
     return logprobs
 
 
 def run_job(job: Job, windows: list[list[int]] | None, reference: list[np.ndarray] | None, *,
-            prompt_tokens: int, new_tokens: int, repeats: int, device: Any = None) -> tuple[dict[str, Any], Any]:
+            prompt_tokens: int, new_tokens: int, repeats: int, device: str | None = None) -> tuple[dict[str, Any], Any]:
     """Load, bench, score and unload one variant. Returns (row, logprobs-or-None)."""
-    from toolkit.backends import load
+    from toolkit.backends import backend_module, load
     from toolkit.bench import bench
     from toolkit.quality import evaluate
-    from toolkit.trackers import MemoryTracker
+    from toolkit.trackers import MemoryTracker, rss_bytes
 
     row: dict[str, Any] = {k: None for k in ROW_FIELDS}
     row.update(variant=job.variant, backend=job.backend, quantization=job.quantization)
@@ -177,6 +181,8 @@ def run_job(job: Job, windows: list[list[int]] | None, reference: list[np.ndarra
         path = _resolve(job)
         row["path"] = str(path)
         quant = job.quantization if job.quantization.startswith("bnb-") else None
+        backend_module(job.backend)  # import the backend's libraries before the baseline is read
+        row["runtime_bytes"] = rss_bytes()
         with MemoryTracker() as mem:
             loaded = load(str(path), job.backend, quantization=quant, device=device, fallback=False)
             try:
@@ -203,11 +209,60 @@ def run_job(job: Job, windows: list[list[int]] | None, reference: list[np.ndarra
     return row, logprobs
 
 
+def run_job_isolated(job: Job, windows: list[list[int]] | None, reference: list[np.ndarray] | None,
+                     **settings: Any) -> tuple[dict[str, Any], Any]:
+    """:func:`run_job` in a fresh Python process, so that its memory figures are its own (a
+    notebook kernel or an earlier variant's allocations and imports do not count) and a crash or
+    an out-of-memory kill becomes an error row instead of ending the sweep."""
+    with tempfile.TemporaryDirectory(prefix="toolkit-job-") as tmp:
+        d = Path(tmp)
+        spec = {"job": {"variant": job.variant, "backend": job.backend, "path": str(job.path),
+                        "quantization": job.quantization}, "settings": settings,
+                "windows": windows is not None, "reference": reference is not None}
+        (d / "spec.json").write_text(json.dumps(spec, default=_json_default))
+        arrays: dict[str, Any] = {}
+        if windows is not None:
+            arrays["windows"] = np.asarray(windows)
+        for i, lp in enumerate(reference or []):
+            arrays[f"ref{i}"] = lp
+        np.savez(d / "in.npz", **arrays)
+        proc = subprocess.run([sys.executable, "-m", "toolkit.compare", "--worker", str(d)],
+                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        if (d / "row.json").exists():
+            row = json.loads((d / "row.json").read_text())
+            logprobs = None
+            if (d / "out.npz").exists():
+                data = np.load(d / "out.npz")
+                logprobs = [data[f"lp{i}"] for i in range(len(windows or []))]
+            return row, logprobs
+        row = {k: None for k in ROW_FIELDS}
+        row.update(spec["job"])
+        how = f"killed by signal {-proc.returncode}" if proc.returncode < 0 else f"exit code {proc.returncode}"
+        hint = " (out of memory?)" if proc.returncode in (-9, 137) else ""
+        tail = " | ".join(proc.stdout.strip().splitlines()[-3:])
+        row["error"] = f"WorkerDied: the worker process ended with {how}{hint}: {tail}"
+        return row, None
+
+
+def _worker(folder: str) -> int:
+    d = Path(folder)
+    spec = json.loads((d / "spec.json").read_text())
+    data = np.load(d / "in.npz")
+    windows = data["windows"].tolist() if spec["windows"] else None
+    reference = [data[f"ref{i}"] for i in range(len(windows or []))] if spec["reference"] else None
+    job = Job(spec["job"]["variant"], spec["job"]["backend"], Path(spec["job"]["path"]), spec["job"]["quantization"])
+    row, logprobs = run_job(job, windows, reference, **spec["settings"])
+    if logprobs is not None:
+        np.savez(d / "out.npz", **{f"lp{i}": lp for i, lp in enumerate(logprobs)})
+    (d / "row.json").write_text(json.dumps(row, default=_json_default))
+    return 0
+
+
 def compare(model: str | Path | None = None, variants: Sequence[str] | dict[str, str] | None = None,
             backends: Sequence[str] | None = None, *, results: str | Path | None = None, text: str | None = None,
             windows: int = 16, seq_len: int = 256, prompt_tokens: int = 64, new_tokens: int = 32, repeats: int = 3,
-            quality: bool = True, progress: bool = True, retry_errors: bool = False, device: Any = None,
-            on_row: Any = None) -> "Any":
+            quality: bool = True, progress: bool = True, retry_errors: bool = False, device: str | None = None,
+            isolate: bool = True, on_row: Any = None) -> "Any":
     """Sweep variants × backends; returns a pandas DataFrame with one row per run.
 
     Args:
@@ -221,6 +276,9 @@ def compare(model: str | Path | None = None, variants: Sequence[str] | dict[str,
         prompt_tokens, new_tokens, repeats: Benchmark settings (see :mod:`toolkit.bench`).
         quality: Score perplexity/KL/top-1 (needs the reference variant ``none`` first).
         retry_errors: Re-run rows that failed before instead of keeping them.
+        isolate: Run each variant in a fresh process (honest memory figures, crash-proof sweep);
+            ``False`` runs in this process (faster; memory then includes what ran before).
+        device: A device spec for planning each load (``"cpu"``, ``"24GiB"``, ``"T4"``); None probes.
         on_row: Called with each finished row dict (widgets use it for live tables).
     """
     import pandas as pd
@@ -244,8 +302,10 @@ def compare(model: str | Path | None = None, variants: Sequence[str] | dict[str,
         if key in done and not (is_reference and reference is None):
             rows.append(done[key])
             continue
-        row, logprobs = run_job(job, windows_ids, None if is_reference else reference,
-                                prompt_tokens=prompt_tokens, new_tokens=new_tokens, repeats=repeats, device=device)
+        runner = run_job_isolated if isolate else run_job
+        row, logprobs = runner(job, windows_ids, None if is_reference else reference,
+                               prompt_tokens=prompt_tokens, new_tokens=new_tokens, repeats=repeats,
+                               device=device)
         if is_reference and logprobs is not None:
             reference = _reference(results_path, _Fixed(logprobs), windows_ids or [])
             row.update(kl_divergence=0.0, top1_agreement=1.0, reference=True)
@@ -299,6 +359,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--new-tokens", type=int, default=32)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--retry-errors", action="store_true")
+    parser.add_argument("--in-process", action="store_true", help="run variants in this process (faster, "
+                        "but memory figures then include earlier variants and imports)")
     parser.add_argument("--json", action="store_true", help="print JSON rows")
 
 
@@ -307,7 +369,8 @@ def main_compare(args: argparse.Namespace) -> int:
     results = args.results or (str(Path(args.report) / "results.jsonl") if args.report else None)
     frame = compare(model, [v for v in args.variants.split(",") if v], args.backends.split(","), results=results,
                     windows=args.windows, prompt_tokens=args.prompt_tokens, new_tokens=args.new_tokens,
-                    repeats=args.repeats, retry_errors=args.retry_errors, progress=not args.json)
+                    repeats=args.repeats, retry_errors=args.retry_errors, progress=not args.json,
+                    isolate=not args.in_process)
     if args.report:
         from toolkit.report import write_report
 
@@ -321,10 +384,10 @@ def main_compare(args: argparse.Namespace) -> int:
 
 def summary_table(frame: Any) -> str:
     """A readable fixed-width table of a compare DataFrame."""
-    cols = ["variant", "backend", "weights_bytes", "peak_memory_bytes", "decode_tok_s", "perplexity",
+    cols = ["variant", "backend", "weights_bytes", "peak_delta_bytes", "peak_memory_bytes", "decode_tok_s", "perplexity",
             "kl_divergence", "top1_agreement", "error"]
     view = frame[[c for c in cols if c in frame.columns]].copy()
-    for c in ("weights_bytes", "peak_memory_bytes"):
+    for c in ("weights_bytes", "peak_delta_bytes", "peak_memory_bytes"):
         if c in view:
             view[c] = view[c].map(lambda b: f"{b / 2**20:.1f} MiB" if b == b and b is not None else "-")
     return view.to_string(index=False, na_rep="-", float_format=lambda x: f"{x:.4g}")
@@ -332,3 +395,9 @@ def summary_table(frame: Any) -> str:
 from toolkit import _make_callable  # noqa: E402  (toolkit.compare(...) calls compare())
 
 _make_callable(__name__)
+
+
+if __name__ == "__main__":
+    if len(sys.argv) == 3 and sys.argv[1] == "--worker":
+        raise SystemExit(_worker(sys.argv[2]))
+    raise SystemExit("usage: python -m toolkit.compare --worker FOLDER (internal); use `toolkit compare`")

@@ -23,13 +23,13 @@ FIGURES = (("memory", plots.memory_bars, "Memory per variant"),
            ("quality", plots.quality_vs_size, "Quality vs size"))
 
 TABLE_COLUMNS = ("variant", "backend", "quantization", "weights_bytes", "predicted_weights_bytes",
-                 "peak_memory_bytes", "load_s", "ttft_s", "prefill_tok_s", "decode_tok_s", "perplexity",
+                 "peak_delta_bytes", "peak_memory_bytes", "runtime_bytes", "load_s", "ttft_s", "prefill_tok_s", "decode_tok_s", "perplexity",
                  "kl_divergence", "top1_agreement", "error")
 
 
 def _table(frame: Any) -> Any:
     view = frame[[c for c in TABLE_COLUMNS if c in frame.columns]].copy()
-    for col in ("weights_bytes", "predicted_weights_bytes", "peak_memory_bytes"):
+    for col in ("weights_bytes", "predicted_weights_bytes", "peak_delta_bytes", "peak_memory_bytes", "runtime_bytes"):
         if col in view:
             view[col] = view[col].map(lambda b: "-" if b is None or b != b else f"{b / 2**20:.2f} MiB")
     return view
@@ -76,8 +76,10 @@ def write_report(frame: Any, out_dir: str | Path, *, title: str = "toolkit repor
              "<h2>Results</h2>", table.to_html(index=False, na_rep="-", float_format=lambda x: f"{x:.4g}"),
              "<p>Perplexity on the held-out text; KL divergence (nats/token) and top-1 agreement of next-token "
              "distributions against the reference row, on the same tokens. Decode tok/s = (new tokens − 1) / "
-             "(generate time − one-token time); peak memory is the process RSS high-water mark while loading "
-             "and running.</p>"]
+             "(generate time − one-token time). Memory: runtime = process RSS after importing the backend's "
+             "libraries, before loading; peak = the process RSS high-water mark while loading and running; peak "
+             "delta = peak − runtime, what this variant itself cost. Each variant runs in its own process unless "
+             "the sweep was run in-process.</p>"]
     for name, caption, png in figures:
         parts.append(f"<h2>{html.escape(caption)}</h2><img alt='{name}' "
                      f"src='data:image/png;base64,{base64.b64encode(png).decode()}'>")

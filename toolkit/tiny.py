@@ -50,6 +50,7 @@ VARIANTS: dict[str, str | None] = {
     "gguf-f32": None, "gguf-f16": None, "gguf-q8_0": "gguf-f32", "gguf-q4_k_m": "gguf-f32",
     "mlx-4bit": None, "mlx-8bit": None,
 }
+LLAMA_CPP_PYTHON_VERSION = "0.3.36"  # converter source when llama-cpp-python is not installed
 CALIBRATION_SEQ = 256
 CALIBRATION_SAMPLES = 64
 
@@ -141,6 +142,7 @@ def _build_locked(variant: str, rebuild: bool) -> None:
         if (final / MANIFEST).exists() and not rebuild:
             return  # built by a concurrent process while this one waited
         tmp = Path(tempfile.mkdtemp(prefix=f".{variant}-", dir=final.parent))
+        tmp.chmod(0o755)  # mkdtemp makes it private; the cache is readable like any model folder
         log = final.parent / f"{variant}.log"
         start = time.perf_counter()
         try:
@@ -271,7 +273,10 @@ def llama_cpp_source() -> Path:
 
     from toolkit.errors import ToolkitError
 
-    version = importlib.metadata.version("llama-cpp-python")
+    try:
+        version = importlib.metadata.version("llama-cpp-python")
+    except importlib.metadata.PackageNotFoundError:  # converting needs only the sdist, not the build
+        version = LLAMA_CPP_PYTHON_VERSION
     dest = cache_root() / f"llama.cpp-convert-{version}"
     if (dest / "convert_hf_to_gguf.py").exists():
         return dest

@@ -195,7 +195,8 @@ class Loaded:
         start = time.perf_counter()
         ttft = 0.0
         generated = 0
-        text_so_far = ""
+        text = ""  # everything generated so far
+        sent = 0  # characters of ``text`` already yielded
         finish: str | None = None
         pending: Chunk | None = None
         for new_ids, new_text, hit_eos in self._stream(ids, config):
@@ -203,24 +204,31 @@ class Loaded:
             if generated == 0:
                 ttft = now
             generated += len(new_ids)
-            text_so_far += new_text
+            text += new_text
+            end = len(text)
             if config.stop:
-                cut = _find_stop(text_so_far, config.stop)
+                cut = _find_stop(text, config.stop)
                 if cut is not None:
-                    new_text = new_text[: max(0, len(new_text) - (len(text_so_far) - cut))]
-                    finish = "stop"
+                    end, finish = cut, "stop"
+                else:  # hold back a tail that could still grow into a stop string
+                    end = len(text) - _stop_prefix_len(text, config.stop)
             if finish is None and hit_eos and not config.ignore_eos:
                 finish = "eos"
             if finish is None and generated >= config.max_tokens:
                 finish = "length"
+            if finish is not None and finish != "stop":
+                end = len(text)  # nothing more will come: release what was held back
             rate = (generated - 1) / (now - ttft) if generated > 1 and now > ttft else 0.0
             if pending is not None:
                 yield pending
-            pending = Chunk(new_text, list(new_ids), len(ids), generated, now, ttft, rate, finish)
+            pending = Chunk(text[sent:max(sent, end)], list(new_ids), len(ids), generated, now, ttft, rate, finish)
+            sent = max(sent, end)
             if finish is not None:
                 break
         if pending is not None:
-            pending.finish_reason = pending.finish_reason or "length"
+            if pending.finish_reason is None:  # the backend stopped by itself
+                pending.text += text[sent:]
+                pending.finish_reason = "length"
             yield pending
 
     def generate(self, prompt: Prompt, config: GenerationConfig | None = None, **options: Any) -> GenerationResult:
@@ -324,6 +332,17 @@ def _config(config: GenerationConfig | None, options: dict[str, Any]) -> Generat
 def _find_stop(text: str, stops: tuple[str, ...]) -> int | None:
     hits = [i for i in (text.find(s) for s in stops) if i >= 0]
     return min(hits) if hits else None
+
+
+def _stop_prefix_len(text: str, stops: tuple[str, ...]) -> int:
+    """Length of the longest tail of ``text`` that is a proper prefix of some stop string."""
+    best = 0
+    for stop in stops:
+        for n in range(min(len(stop) - 1, len(text)), best, -1):
+            if text.endswith(stop[:n]):
+                best = n
+                break
+    return best
 
 
 def log_softmax(logits: np.ndarray) -> np.ndarray:

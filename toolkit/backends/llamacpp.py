@@ -1,0 +1,190 @@
+"""llama.cpp backend (llama-cpp-python) on a GGUF file.
+
+Generation drives ``Llama.generate`` token by token, so each token is timed as it comes. Log-probs
+need the logits of every position (``logits_all=True``), which costs memory and time on every
+eval, so they use a second context created on first use — or the main one when the target was
+loaded with ``options={"logprobs": True}``.
+"""
+
+from __future__ import annotations
+
+import codecs
+import random
+import time
+from pathlib import Path
+from typing import Any, Iterator, Sequence
+
+import numpy as np
+from llama_cpp import Llama
+
+from toolkit.backends.base import GenerationConfig, Loaded, LoadTarget, Messages, log_softmax
+from toolkit.errors import InvalidModel, InvalidSpec, ModelNotFound
+
+DEFAULT_CONTEXT = 2048
+
+
+class LlamaCppLoaded(Loaded):
+    backend = "llamacpp"
+
+    def __init__(self, target: LoadTarget, llama: Llama, kwargs: dict[str, Any]) -> None:
+        super().__init__(target)
+        self.llama: Llama | None = llama
+        self._kwargs = kwargs  # how the main context was made, reused for the logprobs context
+        self._scorer: Llama | None = llama if kwargs.get("logits_all") else None
+        # EOS only, like the hf and mlx backends (their generation_config's eos_token_id), so that
+        # the same weights stop at the same place on every backend.
+        self.eos_ids = {int(llama.token_eos())}
+        self.n_ctx = int(llama.n_ctx())
+
+    def _model(self) -> Llama:
+        self._check_open()
+        assert self.llama is not None
+        return self.llama
+
+    @property
+    def vocab_size(self) -> int:
+        return int(self._model().n_vocab())
+
+    def encode(self, text: str) -> list[int]:
+        # add_bos=True adds BOS only when the model's GGUF metadata asks for it; special=True
+        # parses "<|im_start|>"-style tokens in the text, as transformers' tokenizers do.
+        return list(self._model().tokenize(text.encode("utf-8"), add_bos=True, special=True))
+
+    def decode(self, ids: Sequence[int]) -> str:
+        return self._model().detokenize([int(i) for i in ids], special=True).decode("utf-8", errors="replace")
+
+    def apply_chat_template(self, messages: Messages) -> list[int]:
+        llama = self._model()
+        template = llama.metadata.get("tokenizer.chat_template")
+        if not template:
+            raise InvalidSpec(f"{self.target.path.name} has no chat template in its GGUF metadata: "
+                              "pass a plain string prompt")
+        from jinja2.sandbox import ImmutableSandboxedEnvironment
+
+        env = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True)
+
+        def raise_exception(message: str) -> None:
+            raise InvalidSpec(f"the chat template rejected the messages: {message}")
+
+        vocab_text = lambda i: llama.detokenize([i], special=True).decode("utf-8", errors="replace")  # noqa: E731
+        text = env.from_string(template).render(
+            messages=messages, add_generation_prompt=True, raise_exception=raise_exception,
+            bos_token=vocab_text(llama.token_bos()), eos_token=vocab_text(llama.token_eos()))
+        return list(llama.tokenize(text.encode("utf-8"), add_bos=False, special=True))
+
+    def _stream(self, prompt_ids: list[int], config: GenerationConfig) -> Iterator[tuple[list[int], str, bool]]:
+        llama = self._model()
+        if not prompt_ids:
+            raise InvalidSpec("the llamacpp backend needs at least one prompt token: pass a non-empty prompt")
+        if len(prompt_ids) >= self.n_ctx:
+            raise InvalidSpec(f"the prompt has {len(prompt_ids)} tokens but the context holds {self.n_ctx}: "
+                              "shorten it or load with a larger max_context")
+        if config.temperature > 0:
+            llama.set_seed(config.seed if config.seed is not None else random.randrange(2**31))
+            sampling = dict(temp=config.temperature, top_p=config.top_p, top_k=0, min_p=0.0)
+        else:
+            sampling = dict(temp=0.0, top_k=1, top_p=1.0, min_p=0.0)
+        decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
+        steps = llama.generate(prompt_ids, repeat_penalty=1.0, typical_p=1.0, **sampling)
+        room = self.n_ctx - len(prompt_ids)
+        try:
+            for n, token in enumerate(steps, start=1):
+                token = int(token)
+                # special=False renders control tokens (EOS) as "", as hf's skip_special_tokens does;
+                # the incremental decoder holds back a partial UTF-8 character until it completes.
+                text = decoder.decode(llama.detokenize([token], special=False))
+                yield [token], text, token in self.eos_ids
+                if n >= config.max_tokens or n >= room:
+                    break
+        finally:
+            steps.close()
+
+    def _scoring_context(self) -> Llama:
+        self._check_open()
+        if self._scorer is None:
+            kwargs = dict(self._kwargs, logits_all=True)
+            self._scorer = Llama(**kwargs)
+        return self._scorer
+
+    def logprobs(self, sequences: Sequence[Sequence[int]]) -> list[np.ndarray]:
+        with self._lock:
+            scorer = self._scoring_context()
+            results: dict[tuple[int, ...], np.ndarray] = {}
+            seqs = [tuple(int(t) for t in s) for s in sequences]
+            for seq in sorted(set(seqs), key=len, reverse=True):
+                longer = next((k for k in results if len(k) >= len(seq) and k[: len(seq)] == seq), None)
+                if longer is not None:
+                    results[seq] = results[longer][: len(seq) - 1]
+                    continue
+                if len(seq) > self.n_ctx:
+                    raise InvalidSpec(f"a sequence of {len(seq)} tokens does not fit the context of {self.n_ctx}: "
+                                      "score shorter windows or load with a larger max_context")
+                if len(seq) < 2:
+                    results[seq] = np.zeros((0, scorer.n_vocab()), dtype=np.float32)
+                    continue
+                scorer.reset()
+                scorer.eval(list(seq[:-1]))
+                results[seq] = log_softmax(np.array(scorer.scores[: len(seq) - 1], dtype=np.float32))
+            return [results[s] for s in seqs]
+
+    def weights_bytes(self) -> int:
+        from toolkit.inspect import read_gguf
+
+        return int(sum(t["bytes"] for t in read_gguf(self.target.path)["tensors"]))
+
+    def _unload(self) -> None:
+        for llama in {id(x): x for x in (self.llama, self._scorer) if x is not None}.values():
+            llama.close()
+        self.llama = None
+        self._scorer = None
+
+
+def _check_file(path: Path) -> None:
+    if not path.exists():
+        raise ModelNotFound(f"{path} does not exist: pass the path of a .gguf file")
+    if path.is_dir():
+        ggufs = sorted(p.name for p in path.glob("*.gguf"))
+        hint = f" (it holds {', '.join(ggufs[:3])}: pass one of them)" if ggufs else (
+            ": for a transformers folder use backend='hf' or 'mlx', or convert it with llama.cpp's "
+            "convert_hf_to_gguf.py")
+        raise InvalidModel(f"the llamacpp backend loads a .gguf file, but {path} is a folder{hint}")
+    with open(path, "rb") as f:
+        if f.read(4) != b"GGUF":
+            raise InvalidModel(f"{path.name} is not a GGUF file (bad magic): the llamacpp backend needs a .gguf "
+                               "from llama.cpp's convert scripts")
+
+
+def load(target: LoadTarget) -> LlamaCppLoaded:
+    """Load a GGUF file with llama-cpp-python.
+
+    Options: ``n_threads`` (default 1: steady timings on shared machines), ``lora_path``,
+    ``logprobs`` (make the main context keep every position's logits), ``n_batch``.
+    """
+    path = Path(target.path)
+    _check_file(path)
+    if target.quantization not in (None, "none") and not str(target.quantization).startswith("gguf-"):
+        raise InvalidSpec(f"the llamacpp backend cannot apply {target.quantization!r}: a GGUF file carries its own "
+                          "quantization; pass quantization='none' or a gguf-<type> name")
+    opts = target.options
+    threads = int(opts.get("n_threads", 1))
+    kwargs: dict[str, Any] = dict(
+        model_path=str(path), n_ctx=int(target.max_context or DEFAULT_CONTEXT),
+        n_gpu_layers=-1 if target.device == "cuda" else 0, n_threads=threads,
+        n_threads_batch=int(opts.get("n_threads_batch", threads)), logits_all=bool(opts.get("logprobs", False)),
+        verbose=bool(opts.get("verbose", False)))
+    if opts.get("n_batch"):
+        kwargs["n_batch"] = int(opts["n_batch"])
+    if opts.get("lora_path"):
+        lora = Path(opts["lora_path"])
+        if not lora.is_file():
+            raise ModelNotFound(f"LoRA adapter {lora} does not exist: pass a GGUF LoRA file as options['lora_path']")
+        kwargs["lora_path"] = str(lora)
+    start = time.perf_counter()
+    try:
+        llama = Llama(**kwargs)
+    except ValueError as exc:
+        raise InvalidModel(f"llama.cpp could not load {path.name}: {exc}. The file may be corrupt or need a newer "
+                           "llama-cpp-python") from exc
+    loaded = LlamaCppLoaded(target, llama, kwargs)
+    loaded.load_s = time.perf_counter() - start
+    return loaded
