@@ -376,10 +376,17 @@ def main_compare(args: argparse.Namespace) -> int:
 
         write_report(frame, args.report, title=f"toolkit compare: {args.model}")
     if args.json:
-        print(frame.drop(columns=[c for c in ("traceback",) if c in frame.columns]).to_json(orient="records", indent=2))
+        print(json.dumps(records(frame), default=_json_default, indent=2))
     else:
         print(summary_table(frame))
     return 0 if frame["error"].isna().all() else 1
+
+
+def records(frame: Any) -> list[dict[str, Any]]:
+    """Rows as plain dicts (full float precision; missing values as None), without tracebacks."""
+    clean = frame.drop(columns=[c for c in ("traceback",) if c in frame.columns])
+    return [{k: (None if v is None or (isinstance(v, float) and v != v) else v) for k, v in row.items()}
+            for row in clean.to_dict(orient="records")]
 
 
 def summary_table(frame: Any) -> str:
