@@ -11,11 +11,15 @@ env:
 demo: env
 	$(VENV)/bin/toolkit demo
 
+# tests/ and the tutorial notebooks (nbval: each notebook must run top to bottom without error)
 test: env
-	$(PY) -m pytest -q -rs
+	$(PY) -m pytest -q -rs --nbval-lax tests notebooks
 
 test-fast: env
-	$(PY) -m pytest -q -rs -m "not slow"
+	$(PY) -m pytest -q -rs -m "not slow" tests
+
+notebooks: env
+	$(PY) scripts/make_notebooks.py
 
 clean-env:
 	rm -rf $(VENV)

@@ -11,7 +11,7 @@ PY=${PYTHON:-python3}
 WHEELS=${TOOLKIT_WHEEL_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/toolkit/wheels}
 LLAMA_CPP_VERSION=$(sed -n 's/^llama-cpp-python==//p' constraints.txt)
 STAMP="$VENV/.toolkit-installed"
-want=$(cat pyproject.toml constraints.txt scripts/bootstrap.sh | sha256sum | cut -c1-16)
+want=$(cat pyproject.toml constraints.txt scripts/bootstrap*.sh | sha256sum | cut -c1-16)
 
 if [ -f "$STAMP" ] && [ "$(cat "$STAMP")" = "$want" ]; then
   echo "bootstrap: $VENV is up to date"; exit 0
@@ -37,6 +37,9 @@ if ! ls "$WHEELS"/llama_cpp_python-"$LLAMA_CPP_VERSION"-*.whl >/dev/null 2>&1; t
     "${PIP[@]}" wheel -q --no-cache-dir --no-deps -w "$WHEELS" "llama-cpp-python==$LLAMA_CPP_VERSION"
 fi
 "${PIP[@]}" install -q -c constraints.txt --find-links "$WHEELS" -e ".[all]"
+
+# 4. Debian's chromium for the real-browser widget test (no browser download: playwright drives it).
+bash scripts/bootstrap_browser.sh || echo "bootstrap: chromium is not installed; tests/test_browser.py will be skipped (outside CI)"
 
 echo "$want" > "$STAMP"
 echo "bootstrap: $VENV ready"

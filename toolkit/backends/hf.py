@@ -13,7 +13,7 @@ import numpy as np
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from toolkit.backends.base import GenerationConfig, Loaded, LoadTarget, Messages, log_softmax
+from toolkit.backends.base import GenerationConfig, Loaded, LoadTarget, Messages, default_threads, log_softmax
 from toolkit.errors import InvalidModel, InvalidSpec, UnsafeCheckpoint
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
@@ -198,6 +198,8 @@ def load(target: LoadTarget) -> HFLoaded:
     tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=target.trust_remote_code)
     model = AutoModelForCausalLM.from_pretrained(path, **kwargs)
     model.eval()
+    if device == "cpu":  # process-wide in torch; set from the model that is loaded last
+        torch.set_num_threads(default_threads(model_bytes(model), target.options.get("n_threads")))
     loaded = HFLoaded(target, model, tokenizer)
     loaded.load_s = time.perf_counter() - start
     return loaded

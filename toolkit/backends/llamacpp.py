@@ -17,7 +17,7 @@ from typing import Any, Iterator, Sequence
 import numpy as np
 from llama_cpp import Llama
 
-from toolkit.backends.base import GenerationConfig, Loaded, LoadTarget, Messages, log_softmax
+from toolkit.backends.base import default_threads, GenerationConfig, Loaded, LoadTarget, Messages, log_softmax
 from toolkit.errors import InvalidModel, InvalidSpec, ModelNotFound
 
 DEFAULT_CONTEXT = 2048
@@ -157,7 +157,7 @@ def _check_file(path: Path) -> None:
 def load(target: LoadTarget) -> LlamaCppLoaded:
     """Load a GGUF file with llama-cpp-python.
 
-    Options: ``n_threads`` (default 1: steady timings on shared machines), ``lora_path``,
+    Options: ``n_threads`` (default: :func:`toolkit.backends.base.default_threads` of the file size), ``lora_path``,
     ``logprobs`` (make the main context keep every position's logits), ``n_batch``.
     """
     path = Path(target.path)
@@ -166,7 +166,7 @@ def load(target: LoadTarget) -> LlamaCppLoaded:
         raise InvalidSpec(f"the llamacpp backend cannot apply {target.quantization!r}: a GGUF file carries its own "
                           "quantization; pass quantization='none' or a gguf-<type> name")
     opts = target.options
-    threads = int(opts.get("n_threads", 1))
+    threads = default_threads(path.stat().st_size, opts.get("n_threads"))
     kwargs: dict[str, Any] = dict(
         model_path=str(path), n_ctx=int(target.max_context or DEFAULT_CONTEXT),
         n_gpu_layers=-1 if target.device == "cuda" else 0, n_threads=threads,

@@ -1,0 +1,102 @@
+"""PlanExplorer: change the model, device, memory, context, backend or quantization and see the plan,
+its memory breakdown and the rejected alternatives update at once."""
+
+from __future__ import annotations
+
+import html
+from dataclasses import replace
+from typing import Any
+
+import ipywidgets as W
+
+from toolkit.widgets._common import Base, error_html, fmt_bytes, png
+
+DEVICES = ("auto", "cpu:8GiB", "T4", "A100-80GB", "24GiB", "2xH100", "M2-Max-32GB")
+BACKENDS = ("auto", "hf", "llamacpp", "mlx", "vllm")
+QUANTIZATIONS = ("auto", "none", "bnb-8bit", "bnb-4bit", "gptq-4bit", "gptq-8bit", "awq-4bit", "ct-gptq-4bit",
+                 "ct-awq-4bit", "gguf-f16", "gguf-q8_0", "gguf-q4_k_m", "mlx-4bit", "mlx-8bit")
+
+
+class PlanExplorer(Base):
+    """Interactive :func:`toolkit.plan.plan`. Planning is pure and fast, so it runs on every change.
+
+    Args:
+        model: A model folder, GGUF file or hub id; default the built-in tiny model.
+        device: Initial device choice (one of ``DEVICES`` or any spec ``device_from_spec`` takes).
+    """
+
+    def __init__(self, model: Any = None, device: str = "auto") -> None:
+        if model is None:
+            from toolkit.tiny import tiny
+
+            model = tiny(progress=False)
+        options = list(DEVICES) if device in DEVICES else [device, *DEVICES]
+        self.model = W.Text(value=str(model), description="model", continuous_update=False,
+                            layout=W.Layout(width="60%"))
+        self.device = W.Dropdown(options=options, value=device, description="device")
+        self.memory = W.Text(value="", description="memory", placeholder="e.g. 6GiB (overrides the device's)",
+                             continuous_update=False)
+        self.context = W.IntText(value=0, description="context", tooltip="0 = as much as fits")
+        self.backend = W.Dropdown(options=BACKENDS, value="auto", description="backend")
+        self.quantization = W.Dropdown(options=QUANTIZATIONS, value="auto", description="quantization")
+        self.message = W.HTML()
+        self.summary = W.HTML().add_class("toolkit-plan-summary")
+        self.table = W.HTML()
+        self.chart = W.Image(format="png", layout=W.Layout(width="640px", height="auto", object_fit="contain"))
+        self.alternatives = W.HTML()
+        self.plan = None
+        self.error: BaseException | None = None
+        for control in (self.model, self.device, self.memory, self.context, self.backend, self.quantization):
+            control.observe(self.update, names="value")
+        self.widget = W.VBox([
+            W.HTML("<b>Plan explorer</b>"), self.model,
+            W.HBox([self.device, self.memory]), W.HBox([self.context, self.backend, self.quantization]),
+            self.message, self.summary, W.HBox([self.table, self.chart], layout=W.Layout(align_items="flex-start")), self.alternatives])
+        self.update()
+
+    def _device(self) -> Any:
+        from toolkit.hardware import best_device, device_from_spec, parse_memory, probe
+
+        dev = best_device(probe()) if self.device.value == "auto" else device_from_spec(self.device.value)
+        if self.memory.value.strip():
+            size = parse_memory(self.memory.value.strip())
+            dev = replace(dev, total_bytes=size, free_bytes=size, source=f"{dev.source}+memory:{self.memory.value}")
+        return dev
+
+    def update(self, change: Any = None) -> None:
+        """Plan again from the controls and redraw (the observer of every control)."""
+        from toolkit.plan import plan
+        from toolkit.plots import plan_breakdown
+
+        try:
+            dev = self._device()
+            result = plan(self.model.value.strip(), dev,
+                          backend=None if self.backend.value == "auto" else self.backend.value,
+                          quantization=None if self.quantization.value == "auto" else self.quantization.value,
+                          context=self.context.value or None)
+        except Exception as exc:  # NothingFits, InvalidSpec, ModelNotFound...: a message, not a traceback
+            self.plan, self.error = None, exc
+            self.message.value = error_html(exc)
+            self.summary.value = self.table.value = self.alternatives.value = ""
+            self.chart.value = b""
+            self.chart.layout.display = "none"  # no broken-image icon in a browser
+            return
+        self.plan, self.error = result, None
+        self.message.value = ""
+        self.summary.value = (
+            f"<b>{html.escape(result.backend)}</b> · <b>{html.escape(result.quantization)}</b> · "
+            f"{html.escape(result.dtype)} · context {result.max_context} on "
+            f"<b>{html.escape(dev.name)}</b> x{dev.count} ({html.escape(dev.kind)}, "
+            f"{fmt_bytes(dev.free_bytes)} free): needs {fmt_bytes(result.memory.total_bytes)}"
+            "<ul>" + "".join(f"<li>{html.escape(r)}</li>" for r in result.reasons) + "</ul>")
+        self.table.value = result._repr_html_().split("<ul>")[0]
+        self.chart.value = png(plan_breakdown(result))
+        self.chart.layout.display = None
+        rows = "".join(
+            f"<tr><td>{html.escape(a['backend'])}</td><td>{html.escape(a['quantization'])}</td>"
+            f"<td>{html.escape(str(a.get('dtype') or ''))}</td>"
+            f"<td>{fmt_bytes((a.get('memory') or {}).get('total_bytes'))}</td>"
+            f"<td>{html.escape(str(a['rejected']))}</td></tr>" for a in result.alternatives)
+        self.alternatives.value = (
+            "<b>Alternatives not chosen</b><table class='toolkit-table'><tr><th>backend</th><th>quantization</th>"
+            f"<th>dtype</th><th>needs</th><th>why not</th></tr>{rows}</table>" if rows else "")
