@@ -1,0 +1,212 @@
+"""Planner accuracy: predicted peak memory vs the measured peak RSS, for every built-in tiny variant.
+
+Each variant runs in a fresh interpreter (``python -m benchmarks.planner_accuracy --worker ...``, or
+``python benchmarks/planner_accuracy.py --worker ...``) that plans on device ``cpu`` at a fixed
+context, loads with ``toolkit.load(plan)``, generates 16 tokens after a prompt of ``context - 16``
+random token ids (so the KV cache reaches the planned context) and reports the process's peak RSS
+(``VmHWM``: the whole process from interpreter start, which is what the user's machine must hold)
+together with the plan's breakdown and the RSS at a few checkpoints (after imports, after load).
+
+The parent prints a table, writes ``benchmarks/results/planner_accuracy.json`` and exits 1 when
+any variant's error exceeds ``--tolerance`` (default 10%).
+
+    .venv/bin/python benchmarks/planner_accuracy.py [--context 512] [--only hf:none,llamacpp:gguf-f16]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+MiB = 2**20
+NEW_TOKENS = 16
+# (label, tiny variant, backend, quantization passed to plan or None)
+CASES = [
+    ("none", "none", "hf", "none"),
+    ("bnb-8bit", "bnb-8bit", "hf", "bnb-8bit"),
+    ("bnb-4bit", "bnb-4bit", "hf", "bnb-4bit"),
+    ("gptq-4bit", "gptq-4bit", "hf", None),
+    ("awq-4bit", "awq-4bit", "hf", None),
+    ("ct-gptq-4bit", "ct-gptq-4bit", "hf", None),
+    ("ct-awq-4bit", "ct-awq-4bit", "hf", None),
+    ("gguf-f16", "gguf-f16", "llamacpp", None),
+    ("gguf-q8_0", "gguf-q8_0", "llamacpp", None),
+    ("gguf-q4_k_m", "gguf-q4_k_m", "llamacpp", None),
+    ("mlx-none", "none", "mlx", "none"),
+    ("mlx-4bit", "mlx-4bit", "mlx", None),
+]
+# Libraries whose import cost is worth recording per backend/quantization (calibration aid).
+IMPORTS = {"hf": ["torch", "transformers"], "llamacpp": ["llama_cpp"], "mlx": ["mlx.core", "mlx_lm"]}
+QUANT_IMPORTS = {"bnb": ["bitsandbytes"], "gptq": ["gptqmodel", "optimum"], "awq": ["gptqmodel"],
+                 "ct": ["compressed_tensors"]}
+
+
+def _rss() -> tuple[int, int]:
+    from toolkit.trackers import peak_rss_bytes, rss_bytes
+
+    return rss_bytes(), peak_rss_bytes()
+
+
+def worker(variant: str, backend: str, quantization: str | None, context: int, seed: int) -> dict:
+    """Run in a fresh process: plan, load, generate; return the plan and the measured memory."""
+    import random
+
+    from toolkit.trackers import peak_rss_bytes
+
+    marks: dict[str, int] = {"start_rss_bytes": _rss()[0]}
+    import toolkit
+    from toolkit.backends.base import GenerationConfig
+    from toolkit.plan import plan as make_plan
+    from toolkit.tiny import tiny
+
+    path = tiny(variant, progress=False)
+    kwargs = {"backend": backend, "context": context, "batch": 1}
+    if quantization:
+        kwargs["quantization"] = quantization
+    p = make_plan(path, "cpu", **kwargs)
+    marks["planned_rss_bytes"] = _rss()[0]
+    t0 = time.perf_counter()
+    loaded = toolkit.load(p, fallback=False)
+    marks["load_s"] = round(time.perf_counter() - t0, 3)
+    marks["loaded_rss_bytes"] = _rss()[0]
+    marks["loaded_peak_rss_bytes"] = peak_rss_bytes()
+    vocab = 4096
+    try:
+        from toolkit.inspect import inspect
+
+        vocab = inspect(path).vocab_size or vocab
+    except Exception:  # the vocab size only bounds the random ids
+        pass
+    rng = random.Random(seed)
+    prompt = [rng.randrange(4, vocab) for _ in range(context - NEW_TOKENS)]
+    t0 = time.perf_counter()
+    out = loaded.generate(prompt, GenerationConfig(max_tokens=NEW_TOKENS, ignore_eos=True))
+    marks["generate_s"] = round(time.perf_counter() - t0, 3)
+    marks["generated_tokens"] = len(getattr(out, "token_ids", []) or [])
+    marks["generated_rss_bytes"] = _rss()[0]
+    peak = peak_rss_bytes()
+    return {"plan": {"backend": p.backend, "quantization": p.quantization, "dtype": p.dtype,
+                     "kv_dtype": p.kv_dtype, "max_context": p.max_context, "memory": p.memory.to_dict()},
+            "measured": {"peak_rss_bytes": peak, **marks},
+            "modules": sorted(m for m in ("torch", "transformers", "bitsandbytes", "gptqmodel", "optimum",
+                                          "compressed_tensors", "llama_cpp", "mlx", "mlx_lm")
+                              if m in sys.modules)}
+
+
+def run_case(label: str, variant: str, backend: str, quantization: str | None, context: int, seed: int,
+             timeout: float) -> dict:
+    cmd = [sys.executable, str(Path(__file__).resolve()), "--worker", variant, "--backend", backend,
+           "--context", str(context), "--seed", str(seed)]
+    if quantization:
+        cmd += ["--quantization", quantization]
+    env = dict(os.environ, PYTHONPATH=str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""),
+               TOKENIZERS_PARALLELISM="false")
+    row: dict = {"variant": label, "tiny": variant, "backend": backend}
+    try:
+        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=env, cwd=str(ROOT))
+    except subprocess.TimeoutExpired:
+        row["error"] = f"timed out after {timeout:.0f}s"
+        return row
+    lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("@@RESULT ")]
+    if proc.returncode != 0 or not lines:
+        tail = (proc.stderr or proc.stdout).strip().splitlines()[-3:]
+        row["error"] = f"exit {proc.returncode}: " + " | ".join(tail)
+        return row
+    row.update(json.loads(lines[-1][len("@@RESULT "):]))
+    pred = row["plan"]["memory"]["total_bytes"]
+    meas = row["measured"]["peak_rss_bytes"]
+    row["predicted_bytes"] = pred
+    row["measured_bytes"] = meas
+    row["error"] = None
+    row["rel_error"] = (pred - meas) / meas
+    try:
+        from toolkit.plan import MemoryBreakdown, Plan
+
+        # Plan.compare gives the same number; kept for symmetry with the user-facing API.
+        stub = Plan(model=variant, params=0, backend=backend, quantization=row["plan"]["quantization"],
+                    dtype=row["plan"]["dtype"], kv_dtype=row["plan"]["kv_dtype"], max_context=context, batch=1,
+                    tensor_parallel=1, device={}, memory=MemoryBreakdown(**row["plan"]["memory"]))
+        cmp = stub.compare({"total_bytes": meas})
+        rows = cmp.to_dict("records") if hasattr(cmp, "to_dict") else cmp
+        row["rel_error"] = rows[0]["rel_error"]
+    except Exception:
+        pass
+    return row
+
+
+def _mib(n: float | None) -> str:
+    return "-" if n is None else f"{n / MiB:8.1f}"
+
+
+def print_table(rows: list[dict], tolerance: float) -> None:
+    head = (f"{'variant':<13} {'backend':<9} {'predicted':>9} {'measured':>9} {'error':>7}   "
+            f"{'weights':>8} {'kv':>6} {'act':>6} {'overhead':>8}   {'loaded':>8} {'ok':>3}")
+    print(head)
+    print("-" * len(head))
+    for r in rows:
+        if r.get("error"):
+            print(f"{r['variant']:<13} {r['backend']:<9} FAILED: {r['error'][:120]}")
+            continue
+        m = r["plan"]["memory"]
+        ok = "yes" if abs(r["rel_error"]) <= tolerance else "NO"
+        print(f"{r['variant']:<13} {r['backend']:<9} {_mib(r['predicted_bytes']):>9} {_mib(r['measured_bytes']):>9} "
+              f"{100 * r['rel_error']:+6.1f}%   {_mib(m['weights_bytes']):>8} {m['kv_cache_bytes'] / MiB:6.2f} "
+              f"{m['activation_bytes'] / MiB:6.2f} {_mib(m['overhead_bytes']):>8}   "
+              f"{_mib(r['measured'].get('loaded_rss_bytes')):>8} {ok:>3}")
+    print("(MiB; predicted = plan.memory.total_bytes, measured = peak RSS of a fresh process; "
+          "loaded = RSS right after toolkit.load)")
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--context", type=int, default=512)
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--tolerance", type=float, default=0.10, help="max |error| as a fraction (default 0.10)")
+    ap.add_argument("--only", default=None, help="comma-separated variant labels (see CASES)")
+    ap.add_argument("--timeout", type=float, default=600)
+    ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "planner_accuracy.json"))
+    ap.add_argument("--worker", default=None, help=argparse.SUPPRESS)
+    ap.add_argument("--backend", default=None, help=argparse.SUPPRESS)
+    ap.add_argument("--quantization", default=None, help=argparse.SUPPRESS)
+    args = ap.parse_args(argv)
+
+    if args.worker:
+        result = worker(args.worker, args.backend, args.quantization, args.context, args.seed)
+        print("@@RESULT " + json.dumps(result), flush=True)
+        return 0
+
+    from toolkit.bench import environment
+
+    cases = CASES
+    if args.only:
+        wanted = set(args.only.split(","))
+        cases = [c for c in CASES if c[0] in wanted]
+    rows = []
+    for label, variant, backend, quant in cases:
+        print(f"... {label} ({backend})", file=sys.stderr, flush=True)
+        rows.append(run_case(label, variant, backend, quant, args.context, args.seed, args.timeout))
+    print_table(rows, args.tolerance)
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    report = {"benchmark": "planner_accuracy", "date": time.strftime("%Y-%m-%d"), "context": args.context,
+              "new_tokens": NEW_TOKENS, "tolerance": args.tolerance, "environment": environment(), "rows": rows}
+    out.write_text(json.dumps(report, indent=2) + "\n")
+    print(f"wrote {out}")
+    bad = [r["variant"] for r in rows if r.get("error") or abs(r["rel_error"]) > args.tolerance]
+    if bad:
+        print(f"outside tolerance {100 * args.tolerance:.0f}% or failed: {', '.join(bad)}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
