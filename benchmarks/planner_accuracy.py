@@ -2,7 +2,8 @@
 
 Each variant runs in a fresh interpreter (``python -m benchmarks.planner_accuracy --worker ...``, or
 ``python benchmarks/planner_accuracy.py --worker ...``) that plans on device ``cpu`` at a fixed
-context, loads with ``toolkit.load(plan)``, generates 16 tokens after a prompt of ``context - 16``
+context (default 2048, the tiny model's maximum; the planner extends any smaller wish to the largest
+context that fits, and the prompt always fills the plan's ``max_context``), loads with ``toolkit.load(plan)``, generates 16 tokens after a prompt of ``max_context - 16``
 random token ids (so the KV cache reaches the planned context) and reports the process's peak RSS
 (``VmHWM``: the whole process from interpreter start, which is what the user's machine must hold)
 together with the plan's breakdown and the RSS at a few checkpoints (after imports, after load).
@@ -10,7 +11,7 @@ together with the plan's breakdown and the RSS at a few checkpoints (after impor
 The parent prints a table, writes ``benchmarks/results/planner_accuracy.json`` and exits 1 when
 any variant's error exceeds ``--tolerance`` (default 10%).
 
-    .venv/bin/python benchmarks/planner_accuracy.py [--context 512] [--only hf:none,llamacpp:gguf-f16]
+    .venv/bin/python benchmarks/planner_accuracy.py [--context 2048] [--only hf:none,llamacpp:gguf-f16]
 """
 
 from __future__ import annotations
@@ -87,7 +88,10 @@ def worker(variant: str, backend: str, quantization: str | None, context: int, s
     except Exception:  # the vocab size only bounds the random ids
         pass
     rng = random.Random(seed)
-    prompt = [rng.randrange(4, vocab) for _ in range(context - NEW_TOKENS)]
+    # The plan extends max_context to the largest that fits (the model's maximum for the tiny
+    # models), and the prediction is made at max_context: fill exactly that.
+    prompt = [rng.randrange(4, vocab) for _ in range(p.max_context - NEW_TOKENS)]
+    marks["prompt_tokens"] = len(prompt)
     t0 = time.perf_counter()
     out = loaded.generate(prompt, GenerationConfig(max_tokens=NEW_TOKENS, ignore_eos=True))
     marks["generate_s"] = round(time.perf_counter() - t0, 3)
@@ -168,7 +172,8 @@ def print_table(rows: list[dict], tolerance: float) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--context", type=int, default=512)
+    ap.add_argument("--context", type=int, default=2048,
+                    help="wanted context (the plan may extend it; the prompt fills plan.max_context)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--tolerance", type=float, default=0.10, help="max |error| as a fraction (default 0.10)")
     ap.add_argument("--only", default=None, help="comma-separated variant labels (see CASES)")

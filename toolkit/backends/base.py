@@ -350,6 +350,38 @@ def _find_stop(text: str, stops: tuple[str, ...]) -> int | None:
     return min(hits) if hits else None
 
 
+def by_prefix(sequences: Sequence[Sequence[int]], score: Any) -> list[np.ndarray]:
+    """Score each distinct sequence once, longest first: one that is a prefix of a sequence already
+    scored gets a slice of that result. ``score(seq)`` returns its (len-1, vocab) log-probs."""
+    results: dict[tuple[int, ...], np.ndarray] = {}
+    seqs = [tuple(int(t) for t in s) for s in sequences]
+    for seq in sorted(set(seqs), key=len, reverse=True):
+        longer = next((k for k in results if len(k) >= len(seq) and k[: len(seq)] == seq), None)
+        results[seq] = results[longer][: len(seq) - 1] if longer is not None else score(seq)
+    return [results[s] for s in seqs]
+
+
+class HFTokenizerMixin:
+    """encode/decode/chat template for backends that hold a Hugging Face tokenizer (``self.tokenizer``)."""
+
+    tokenizer: Any
+    target: LoadTarget
+
+    def encode(self, text: str) -> list[int]:
+        return list(self.tokenizer.encode(text))
+
+    def decode(self, ids: Sequence[int]) -> str:
+        return self.tokenizer.decode(list(ids), skip_special_tokens=False)
+
+    def apply_chat_template(self, messages: Messages) -> list[int]:
+        if not getattr(self.tokenizer, "chat_template", None):
+            from toolkit.errors import InvalidSpec
+
+            raise InvalidSpec(f"{self.target.path.name} has no chat template: pass a plain string prompt")
+        text = self.tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+        return list(self.tokenizer.encode(text, add_special_tokens=False))
+
+
 def _stop_prefix_len(text: str, stops: tuple[str, ...]) -> int:
     """Length of the longest tail of ``text`` that is a proper prefix of some stop string."""
     best = 0

@@ -13,7 +13,8 @@ import numpy as np
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from toolkit.backends.base import GenerationConfig, Loaded, LoadTarget, Messages, default_threads, log_softmax
+from toolkit.backends.base import (GenerationConfig, HFTokenizerMixin, LoadTarget,
+                                   Loaded, by_prefix, default_threads, log_softmax)
 from toolkit.errors import InvalidModel, InvalidSpec, UnsafeCheckpoint
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
@@ -58,7 +59,7 @@ def check_safe_folder(path: Path, allow_pickle: bool) -> None:
             "Convert them to safetensors, or pass allow_pickle=True if you trust their source.")
 
 
-class HFLoaded(Loaded):
+class HFLoaded(HFTokenizerMixin, Loaded):
     backend = "hf"
 
     def __init__(self, target: LoadTarget, model: Any, tokenizer: Any) -> None:
@@ -74,18 +75,6 @@ class HFLoaded(Loaded):
     @property
     def vocab_size(self) -> int:
         return int(self.model.config.vocab_size)
-
-    def encode(self, text: str) -> list[int]:
-        return list(self.tokenizer.encode(text))
-
-    def decode(self, ids: Sequence[int]) -> str:
-        return self.tokenizer.decode(list(ids), skip_special_tokens=False)
-
-    def apply_chat_template(self, messages: Messages) -> list[int]:
-        if not getattr(self.tokenizer, "chat_template", None):
-            raise InvalidSpec(f"{self.target.path.name} has no chat template: pass a plain string prompt")
-        text = self.tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
-        return list(self.tokenizer.encode(text, add_special_tokens=False))
 
     @torch.inference_mode()
     def _stream(self, prompt_ids: list[int], config: GenerationConfig) -> Iterator[tuple[list[int], str, bool]]:
@@ -111,18 +100,11 @@ class HFLoaded(Loaded):
 
     @torch.inference_mode()
     def logprobs(self, sequences: Sequence[Sequence[int]]) -> list[np.ndarray]:
-        results: dict[tuple[int, ...], np.ndarray] = {}
-        seqs = [tuple(int(t) for t in s) for s in sequences]
-        # Longest first: a sequence that is a prefix of one already scored is a slice of its result.
-        for seq in sorted(set(seqs), key=len, reverse=True):
-            longer = next((k for k in results if len(k) >= len(seq) and k[: len(seq)] == seq), None)
-            if longer is not None:
-                results[seq] = results[longer][: len(seq) - 1]
-                continue
+        def score(seq: tuple[int, ...]) -> np.ndarray:
             ids = torch.tensor([seq], device=self.device)
-            logits = self.model(input_ids=ids).logits[0, :-1].float().cpu().numpy()
-            results[seq] = log_softmax(logits)
-        return [results[s] for s in seqs]
+            return log_softmax(self.model(input_ids=ids).logits[0, :-1].float().cpu().numpy())
+
+        return by_prefix(sequences, score)
 
     def weights_bytes(self) -> int:
         return model_bytes(self.model)

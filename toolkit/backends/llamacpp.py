@@ -17,7 +17,8 @@ from typing import Any, Iterator, Sequence
 import numpy as np
 from llama_cpp import Llama
 
-from toolkit.backends.base import default_threads, GenerationConfig, Loaded, LoadTarget, Messages, log_softmax
+from toolkit.backends.base import (GenerationConfig, LoadTarget, Loaded,
+                                   Messages, by_prefix, default_threads, log_softmax)
 from toolkit.errors import InvalidModel, InvalidSpec, ModelNotFound
 
 DEFAULT_CONTEXT = 2048
@@ -109,23 +110,18 @@ class LlamaCppLoaded(Loaded):
     def logprobs(self, sequences: Sequence[Sequence[int]]) -> list[np.ndarray]:
         with self._lock:
             scorer = self._scoring_context()
-            results: dict[tuple[int, ...], np.ndarray] = {}
-            seqs = [tuple(int(t) for t in s) for s in sequences]
-            for seq in sorted(set(seqs), key=len, reverse=True):
-                longer = next((k for k in results if len(k) >= len(seq) and k[: len(seq)] == seq), None)
-                if longer is not None:
-                    results[seq] = results[longer][: len(seq) - 1]
-                    continue
+
+            def score(seq: tuple[int, ...]) -> np.ndarray:
                 if len(seq) > self.n_ctx:
                     raise InvalidSpec(f"a sequence of {len(seq)} tokens does not fit the context of {self.n_ctx}: "
                                       "score shorter windows or load with a larger max_context")
                 if len(seq) < 2:
-                    results[seq] = np.zeros((0, scorer.n_vocab()), dtype=np.float32)
-                    continue
+                    return np.zeros((0, scorer.n_vocab()), dtype=np.float32)
                 scorer.reset()
                 scorer.eval(list(seq[:-1]))
-                results[seq] = log_softmax(np.array(scorer.scores[: len(seq) - 1], dtype=np.float32))
-            return [results[s] for s in seqs]
+                return log_softmax(np.array(scorer.scores[: len(seq) - 1], dtype=np.float32))
+
+            return by_prefix(sequences, score)
 
     def weights_bytes(self) -> int:
         from toolkit.inspect import read_gguf

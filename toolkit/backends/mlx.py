@@ -17,11 +17,11 @@ from mlx.utils import tree_flatten
 from mlx_lm.generate import generate_step
 from mlx_lm.sample_utils import make_sampler
 
-from toolkit.backends.base import GenerationConfig, Loaded, LoadTarget, Messages, log_softmax
+from toolkit.backends.base import GenerationConfig, HFTokenizerMixin, LoadTarget, Loaded, by_prefix, log_softmax
 from toolkit.errors import InvalidModel, InvalidSpec
 
 
-class MLXLoaded(Loaded):
+class MLXLoaded(HFTokenizerMixin, Loaded):
     backend = "mlx"
 
     def __init__(self, target: LoadTarget, model: Any, tokenizer: Any) -> None:
@@ -35,18 +35,6 @@ class MLXLoaded(Loaded):
         args = getattr(self.model, "args", None)
         size = getattr(args, "vocab_size", None)
         return int(size) if size else len(self.tokenizer.get_vocab())
-
-    def encode(self, text: str) -> list[int]:
-        return list(self.tokenizer.encode(text))
-
-    def decode(self, ids: Sequence[int]) -> str:
-        return self.tokenizer.decode(list(ids), skip_special_tokens=False)
-
-    def apply_chat_template(self, messages: Messages) -> list[int]:
-        if not getattr(self.tokenizer, "chat_template", None):
-            raise InvalidSpec(f"{self.target.path.name} has no chat template: pass a plain string prompt")
-        text = self.tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
-        return list(self.tokenizer.encode(text, add_special_tokens=False))
 
     def _stream(self, prompt_ids: list[int], config: GenerationConfig) -> Iterator[tuple[list[int], str, bool]]:
         if not prompt_ids:
@@ -68,17 +56,8 @@ class MLXLoaded(Loaded):
 
     def logprobs(self, sequences: Sequence[Sequence[int]]) -> list[np.ndarray]:
         self._check_open()
-        results: dict[tuple[int, ...], np.ndarray] = {}
-        seqs = [tuple(int(t) for t in s) for s in sequences]
-        # Longest first: a sequence that is a prefix of one already scored is a slice of its result.
-        for seq in sorted(set(seqs), key=len, reverse=True):
-            longer = next((k for k in results if len(k) >= len(seq) and k[: len(seq)] == seq), None)
-            if longer is not None:
-                results[seq] = results[longer][: len(seq) - 1]
-                continue
-            logits = self.model(mx.array([seq]))[0, :-1].astype(mx.float32)
-            results[seq] = log_softmax(np.array(logits))
-        return [results[s] for s in seqs]
+        return by_prefix(sequences, lambda seq: log_softmax(
+            np.array(self.model(mx.array([seq]))[0, :-1].astype(mx.float32))))
 
     def weights_bytes(self) -> int | None:
         if self.model is None:

