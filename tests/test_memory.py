@@ -96,12 +96,21 @@ def test_gptq_formula_matches_real_layout(tmp_path):
 
 def test_activation_and_overhead(tmp_path):
     info = info_for(tmp_path, "llama-3.1-8b")
-    hf = mem.activation_bytes(info, 4096, 1, "bfloat16", "hf")
-    assert hf >= 4096 * 128256 * 4  # fp32 logits for every position
+    hf = mem.activation_bytes(info, 4096, 1, "bfloat16", "hf", mode="score")
+    assert hf >= 4096 * 128256 * 4  # scoring: fp32 logits for every position
+    gen = mem.activation_bytes(info, 4096, 1, "bfloat16", "hf")  # generating: logits_to_keep=1
+    assert gen == hf - 4095 * 128256 * 4
     assert mem.activation_bytes(info, 4096, 1, "bfloat16", "vllm") < hf / 5
     t4 = device_from_spec("2xT4")
     assert mem.overhead_bytes("vllm", t4) == 2 * (mem.CUDA_CONTEXT_BYTES + mem.VLLM_CUDA_GRAPH_BYTES)
     assert mem.overhead_bytes("hf", device_from_spec("cpu:8GiB")) == mem.CPU_RUNTIME_HF_BYTES
+    cpu = device_from_spec("cpu:8GiB")
+    assert mem.overhead_bytes("hf", cpu, quantization="gptq-4bit") == (mem.CPU_RUNTIME_HF_BYTES
+                                                                       + mem.CPU_RUNTIME_GPTQMODEL_BYTES)
+    assert mem.overhead_bytes("mlx", cpu) == mem.CPU_RUNTIME_MLX_BYTES
+    # compressed-tensors is decompressed to dense weights by transformers on the CPU
+    assert mem.weights_bytes(info, "ct-gptq-4bit", "float16", backend="hf", device_kind="cpu") == info.params * 2
+    assert mem.weights_bytes(info, "ct-gptq-4bit", "float16") < info.params * 2 * 0.75  # packed elsewhere
     dev = device_from_spec("A100-80GB")
     assert mem.budget_bytes(dev, "vllm") == int(0.9 * dev.total_bytes)
     busy = type(dev)(**{**dev.__dict__, "free_bytes": dev.total_bytes - 10 * 2**30})

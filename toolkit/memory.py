@@ -74,17 +74,36 @@ LLAMACPP_UBATCH = 512
 LLAMACPP_CUDA_CONTEXT_BYTES = 300 * MiB
 # mlx-lm prefill_step_size default 2048 (mlx_lm/generate.py); activations scale with it.
 MLX_PREFILL_STEP = 2048
-# CPU process RSS of the runtime itself (python + libraries), before any weights.
-# `import torch, transformers` ~ 400 MB RSS (figure from the project brief, measured on this
-# machine class; to calibrate with the benchmark).
-CPU_RUNTIME_HF_BYTES = 400 * 10**6
-# `import llama_cpp` + ggml CPU backend: ~ 60 MB RSS (estimate; to calibrate).
-CPU_RUNTIME_LLAMACPP_BYTES = 60 * 10**6
-# vLLM on CPU imports torch + vllm: ~ 1 GB RSS (estimate; to calibrate).
+# CPU process RSS of the runtime itself: the whole process at its peak (python + toolkit + the
+# backend's libraries imported + first-forward kernel/thread-pool buffers), minus the
+# model-size-dependent terms (weights, KV cache, activations), which stay formulas below.
+# All CPU runtime figures: measured on this machine (toolkit benchmarks/planner_accuracy.py,
+# 2026-11-22, python 3.11.7, torch 2.13.0 CPU, transformers 5.17.0, bitsandbytes 0.50.2,
+# gptqmodel 7.6.0, compressed-tensors 0.19.0, llama-cpp-python 0.3.36, mlx 0.32.4 (cpu), mlx-lm
+# 0.32.2; tiny ~6M-param Llama, 2032-token prompt + 16 new tokens, peak VmHWM of a fresh process).
+# hf, fp32, no quantization: peak 544.5 MiB - weights 23.0 - KV 8.0 - activations 24.0: 490 MiB.
+CPU_RUNTIME_HF_BYTES = 490 * MiB
+# Extra on top of CPU_RUNTIME_HF_BYTES per quantization library (import + its CPU kernels):
+# bitsandbytes: import ~74 MiB (RSS after load vs unquantized); the int8 CPU matmul path adds
+# transient buffers during the prefill: bnb-8bit peak-rest 609 MiB (+119), bnb-4bit 559 (+69).
+CPU_RUNTIME_BNB_8BIT_BYTES = 119 * MiB
+CPU_RUNTIME_BNB_4BIT_BYTES = 69 * MiB
+# gptqmodel (GPTQ and AWQ checkpoints load through it; it imports optimum, bitsandbytes and more):
+# gptq-4bit 750 MiB, awq-4bit 733 MiB of runtime: +260 / +243 over hf -> 252 MiB (mean).
+CPU_RUNTIME_GPTQMODEL_BYTES = 252 * MiB
+# compressed-tensors (ct-gptq-4bit / ct-awq-4bit, both 513 MiB of runtime): +23 MiB over hf.
+CPU_RUNTIME_COMPRESSED_TENSORS_BYTES = 23 * MiB
+# `import llama_cpp` + ggml CPU backend + python/toolkit: peak 113.4/108.1/107.4 MiB for
+# gguf-f16/q8_0/q4_k_m minus weights, KV (f16) and compute buffers: 95 MiB.
+CPU_RUNTIME_LLAMACPP_BYTES = 95 * MiB
+# vLLM on CPU imports torch + vllm: ~ 1 GB RSS (estimate; not measured by planner_accuracy.py).
 CPU_RUNTIME_VLLM_BYTES = 1000 * 10**6
-# `import mlx, mlx_lm` ~ 200 MB (estimate; to calibrate).
+# mlx[cpu] on Linux: mlx_lm imports transformers (tokenizers), which imports torch when installed,
+# so the runtime is close to hf's: mlx none 537 MiB / mlx-4bit 537 MiB peak minus weights and KV,
+# minus 24 MiB of activations: 513 MiB.
+CPU_RUNTIME_MLX_BYTES = 513 * MiB
+# `import mlx, mlx_lm` on Apple silicon ~ 200 MB (estimate; to calibrate on a Mac).
 MLX_RUNTIME_BYTES = 200 * 10**6
-
 
 def normalize_dtype(dtype: str | None) -> str | None:
     """Map ``"bf16"``/``"fp16"``/``"fp32"`` and friends to torch-style names."""
@@ -148,7 +167,8 @@ def _qcfg_group(info: ModelInfo) -> int | None:
     return int(g) if g and int(g) > 0 else None
 
 
-def weights_bytes(info: ModelInfo, quantization: str = "none", dtype: str | None = None) -> int:
+def weights_bytes(info: ModelInfo, quantization: str = "none", dtype: str | None = None, *,
+                  backend: str | None = None, device_kind: str | None = None) -> int:
     """Resident bytes of the weights in a given format.
 
     Which parts stay in 16-bit: bnb (transformers keeps ``lm_head`` unconverted via
@@ -161,6 +181,11 @@ def weights_bytes(info: ModelInfo, quantization: str = "none", dtype: str | None
         info: The model.
         quantization: Target format; the model's own prequantized format returns its checkpoint size.
         dtype: Dtype of the unquantized parts (default: the checkpoint's dtype).
+        backend, device_kind: Where it runs. compressed-tensors checkpoints (``ct-*``) in hf on the
+            CPU are decompressed to dense weights in ``dtype``: transformers' compressed-tensors
+            integration keeps them packed (``run_compressed``) only where compressed kernels exist
+            (CUDA), and decompresses otherwise (measured: 12.1 MB resident for the tiny model's
+            packed checkpoint, i.e. params x 2 bytes in fp16).
 
     Returns:
         Bytes. For ``none`` in the checkpoint's own dtype this is exactly ``info.checkpoint_bytes``.
@@ -168,6 +193,8 @@ def weights_bytes(info: ModelInfo, quantization: str = "none", dtype: str | None
     q = quantization.lower()
     ckpt_dtype = normalize_dtype(info.checkpoint_dtype)
     dtype = normalize_dtype(dtype) or (ckpt_dtype if ckpt_dtype in DTYPES else "bfloat16")
+    if q.startswith("ct-") and backend == "hf" and device_kind == "cpu":
+        return info.params * DTYPES.get(dtype, 2)  # decompressed to dense (see the docstring)
     if q == info.quantization and info.checkpoint_bytes and (q != "none" or dtype == ckpt_dtype):
         return int(info.checkpoint_bytes)
     half = DTYPES.get(dtype, 2)
@@ -219,12 +246,15 @@ def kv_cache_bytes(info: ModelInfo, context: int, batch: int = 1, kv_dtype: str 
 
 
 def activation_bytes(info: ModelInfo, context: int, batch: int = 1, dtype: str = "bfloat16",
-                     backend: str = "hf") -> int:
+                     backend: str = "hf", mode: str = "generate") -> int:
     """Peak activation bytes of one forward pass over the prompt.
 
-    hf: the full logits tensor ``batch*context*vocab`` upcast to fp32 (transformers computes
-    logits for every prompt position in a plain forward, e.g. for perplexity), plus the MLP
-    intermediate (gate and up, ``2*intermediate`` per token) and a few hidden-state copies.
+    hf: the MLP intermediate (gate and up, ``2*intermediate`` per token) and a few hidden-state
+    copies for every prompt token (the prefill is not chunked), plus the logits upcast to fp32.
+    When generating (``mode="generate"``, what a plan is for) transformers 5 computes logits for
+    the last position only (``logits_to_keep=1``, which ``generate`` and toolkit's hf backend pass),
+    so the logits are ``batch*vocab*4``; when scoring a text (``mode="score"``: perplexity,
+    logprobs) they are ``batch*context*vocab*4``.
     vllm / llamacpp / mlx: prefill is chunked (vLLM max_num_batched_tokens, llama.cpp n_ubatch,
     mlx-lm prefill_step_size) and logits are kept for the last token only. Attention scores are not
     counted: SDPA/flash attention never materialise the full matrix.
@@ -234,7 +264,7 @@ def activation_bytes(info: ModelInfo, context: int, batch: int = 1, dtype: str =
     per_token = (2 * inter + 4 * info.hidden_size) * b
     if backend == "hf":
         tokens = batch * context
-        logits = tokens * info.vocab_size * 4
+        logits = (tokens if mode == "score" else batch) * info.vocab_size * 4
     else:
         chunk = {"vllm": VLLM_MAX_BATCHED_TOKENS, "llamacpp": LLAMACPP_UBATCH, "mlx": MLX_PREFILL_STEP}.get(
             backend, LLAMACPP_UBATCH)
@@ -243,12 +273,14 @@ def activation_bytes(info: ModelInfo, context: int, batch: int = 1, dtype: str =
     return int(tokens * per_token + logits)
 
 
-def overhead_bytes(backend: str, device: Device, *, weights_bytes: int = 0) -> int:
+def overhead_bytes(backend: str, device: Device, *, weights_bytes: int = 0, quantization: str = "none") -> int:
     """Runtime memory that is neither weights, KV cache nor activations, summed over devices.
 
     cuda: CUDA context per GPU, PyTorch allocator slack (hf), vLLM's CUDA graphs. cpu: the
-    process RSS of the runtime (python + torch + transformers for hf). mps: the MLX or torch
-    runtime. vLLM's ``gpu_memory_utilization`` is applied to the budget, not here.
+    process RSS of the runtime (python + torch + transformers for hf, plus the quantization
+    library that ``quantization`` loads through: bitsandbytes, gptqmodel, compressed-tensors),
+    measured by ``benchmarks/planner_accuracy.py``. mps: the MLX or torch runtime. vLLM's
+    ``gpu_memory_utilization`` is applied to the budget, not here.
     """
     n = max(1, device.count)
     if device.kind == "cuda":
@@ -260,7 +292,28 @@ def overhead_bytes(backend: str, device: Device, *, weights_bytes: int = 0) -> i
         return base
     if device.kind == "mps":
         return MLX_RUNTIME_BYTES if backend in ("mlx", "llamacpp") else CPU_RUNTIME_HF_BYTES
-    return {"llamacpp": CPU_RUNTIME_LLAMACPP_BYTES, "vllm": CPU_RUNTIME_VLLM_BYTES}.get(backend, CPU_RUNTIME_HF_BYTES)
+    return cpu_runtime_bytes(backend, quantization)
+
+
+def cpu_runtime_bytes(backend: str, quantization: str = "none") -> int:
+    """Measured process RSS of a backend's runtime on the CPU (see the CPU_RUNTIME_* constants)."""
+    if backend == "llamacpp":
+        return CPU_RUNTIME_LLAMACPP_BYTES
+    if backend == "vllm":
+        return CPU_RUNTIME_VLLM_BYTES
+    if backend == "mlx":
+        return CPU_RUNTIME_MLX_BYTES
+    q = (quantization or "none").lower()
+    extra = 0
+    if q == "bnb-8bit":
+        extra = CPU_RUNTIME_BNB_8BIT_BYTES
+    elif q.startswith("bnb-"):
+        extra = CPU_RUNTIME_BNB_4BIT_BYTES
+    elif q.startswith(("gptq-", "awq-")):
+        extra = CPU_RUNTIME_GPTQMODEL_BYTES
+    elif q.startswith("ct-"):
+        extra = CPU_RUNTIME_COMPRESSED_TENSORS_BYTES
+    return CPU_RUNTIME_HF_BYTES + extra
 
 
 def budget_bytes(device: Device, backend: str, gpu_memory_utilization: float = VLLM_GPU_MEMORY_UTILIZATION) -> int:

@@ -238,13 +238,13 @@ class _Candidate:
 
 
 def _breakdown(info: ModelInfo, device: Device, c: _Candidate, context: int, batch: int) -> mem.MemoryBreakdown:
-    w = mem.weights_bytes(info, c.quantization, c.dtype)
+    w = mem.weights_bytes(info, c.quantization, c.dtype, backend=c.backend, device_kind=device.kind)
     latent = c.backend != "hf"
     kvt = mem.kv_bytes_per_token(info, c.kv_dtype, mla_latent=latent)
     kv = mem.kv_cache_bytes(info, context, batch, c.kv_dtype, mla_latent=latent)
     act = mem.activation_bytes(info, context, batch, c.dtype, c.backend)
     dev = device if c.backend in ("vllm", "hf") else replace(device, count=1) if device.kind != "cuda" else device
-    ovh = mem.overhead_bytes(c.backend, dev, weights_bytes=w)
+    ovh = mem.overhead_bytes(c.backend, dev, weights_bytes=w, quantization=c.quantization)
     return MemoryBreakdown(c.budget, w, kvt, kv, act, ovh, w + kv + act + ovh)
 
 
