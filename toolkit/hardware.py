@@ -376,6 +376,18 @@ def parse_compute_capability(value: str | tuple[int, int] | None) -> tuple[int, 
     return int(m.group(1)), int(m.group(2))
 
 
+def with_gpus(dev: Device, gpus: int | None) -> Device:
+    """``dev`` as ``gpus`` identical devices; None leaves it as it is."""
+    if gpus is None:
+        return dev
+    if gpus < 1:
+        raise InvalidSpec(f"--gpus must be at least 1, got {gpus}")
+    if dev.kind != "cuda" and gpus > 1:
+        raise InvalidSpec(f"--gpus {gpus} needs CUDA devices, but the device is {dev.kind}: "
+                          "drop --gpus or use --device cuda")
+    return replace(dev, count=gpus)
+
+
 def device_for(memory: str | int | None = None, kind: str | None = None, gpus: int | None = None,
                compute_capability: str | tuple[int, int] | None = None) -> Device:
     """Build a device from CLI-style flags.
@@ -419,12 +431,7 @@ def device_for(memory: str | int | None = None, kind: str | None = None, gpus: i
     if memory is not None and dev.source.startswith("spec:"):
         size = parse_memory(memory)
         dev = replace(dev, total_bytes=size, free_bytes=size)
-    if gpus is not None:
-        if gpus < 1:
-            raise InvalidSpec(f"--gpus must be at least 1, got {gpus}")
-        if dev.kind != "cuda" and gpus > 1:
-            raise InvalidSpec(f"--gpus {gpus} needs CUDA devices, but the device is {dev.kind}: drop --gpus or use --device cuda")
-        dev = replace(dev, count=gpus)
+    dev = with_gpus(dev, gpus)
     if cc is not None:
         dev = replace(dev, compute_capability=cc)
     return dev

@@ -16,7 +16,7 @@ from dataclasses import asdict, dataclass, field, replace
 
 from toolkit import memory as mem
 from toolkit.errors import InvalidSpec, NothingFits
-from toolkit.hardware import Device, device_for, device_from_spec, parse_memory
+from toolkit.hardware import Device, device_for, device_from_spec, parse_memory, with_gpus
 from toolkit.inspect import ModelInfo, inspect
 
 GiB = 2**30
@@ -276,13 +276,7 @@ def _as_device(device: Device | str | None, gpus: int | None) -> Device:
         dev = device_for(kind=device) if device.lower() in ("cuda", "cpu", "mps", "gpu") else device_from_spec(device)
     else:
         dev = device
-    if gpus is not None:
-        if gpus < 1:
-            raise InvalidSpec(f"gpus must be at least 1, got {gpus}")
-        if dev.kind != "cuda" and gpus > 1:
-            raise InvalidSpec(f"gpus={gpus} needs CUDA devices, the device is {dev.kind}")
-        dev = replace(dev, count=gpus)
-    return dev
+    return with_gpus(dev, gpus)
 
 
 def _alt(info: ModelInfo, c: _Candidate, ctx: int, batch: int, m: mem.MemoryBreakdown | None, rejected: str) -> dict:

@@ -27,6 +27,16 @@ def _ok(frame: Any) -> Any:
     return frame[frame["error"].isna()] if "error" in frame else frame
 
 
+def _scatter_by_backend(ax: Any, data: Any, column: str) -> None:
+    """Weights size against ``column``, a colour per backend, each point labelled with its variant."""
+    for backend, group in data.groupby("backend"):
+        ax.scatter(group["weights_bytes"] / MIB, group[column], label=backend, s=50)
+        for _, r in group.iterrows():
+            ax.annotate(r["variant"], (r["weights_bytes"] / MIB, r[column]), fontsize=8,
+                        xytext=(4, 4), textcoords="offset points")
+    ax.set_xlabel("weights (MiB)")
+
+
 def memory_bars(frame: Any, plan_totals: dict[str, int] | None = None) -> Any:
     """Stacked bars per variant: weights as held, and the rest of the measured peak above them
     (runtime, KV cache, activations); a marker for the planner's predicted weights."""
@@ -53,12 +63,7 @@ def speed_vs_memory(frame: Any) -> Any:
     plt = _plt()
     data = _ok(frame)
     fig, ax = plt.subplots(figsize=(6, 4), layout="constrained")
-    for backend, group in data.groupby("backend"):
-        ax.scatter(group["weights_bytes"] / MIB, group["decode_tok_s"], label=backend, s=50)
-        for _, r in group.iterrows():
-            ax.annotate(r["variant"], (r["weights_bytes"] / MIB, r["decode_tok_s"]), fontsize=8,
-                        xytext=(4, 4), textcoords="offset points")
-    ax.set_xlabel("weights (MiB)")
+    _scatter_by_backend(ax, data, "decode_tok_s")
     ax.set_ylabel("decode tokens/s")
     ax.set_title("Speed vs size")
     ax.legend(fontsize=8)
@@ -72,12 +77,7 @@ def quality_vs_size(frame: Any) -> Any:
     fig, (a1, a2) = plt.subplots(1, 2, figsize=(10, 4), layout="constrained")
     for ax, col, title in ((a1, "perplexity", "Perplexity (held-out text)"),
                            (a2, "kl_divergence", "KL divergence vs full precision (nats/token)")):
-        for backend, group in data.groupby("backend"):
-            ax.scatter(group["weights_bytes"] / MIB, group[col], label=backend, s=50)
-            for _, r in group.iterrows():
-                ax.annotate(r["variant"], (r["weights_bytes"] / MIB, r[col]), fontsize=8,
-                            xytext=(4, 4), textcoords="offset points")
-        ax.set_xlabel("weights (MiB)")
+        _scatter_by_backend(ax, data, col)
         ax.set_title(title)
     a1.legend(fontsize=8)
     return fig
