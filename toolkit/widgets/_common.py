@@ -44,6 +44,13 @@ def note_html(text: str, color: str = "#555") -> str:
     return f"<span style='color:{color}'>{html.escape(text)}</span>"
 
 
+def table_html(headers: tuple[str, ...], rows: list[tuple[Any, ...]]) -> str:
+    """A ``toolkit-table`` with every cell escaped."""
+    head = "".join(f"<th>{html.escape(h)}</th>" for h in headers)
+    body = "".join("<tr>" + "".join(f"<td>{html.escape(str(c))}</td>" for c in row) + "</tr>" for row in rows)
+    return f"<table class='toolkit-table'><tr>{head}</tr>{body}</table>"
+
+
 def frame_html(frame: Any, columns: tuple[str, ...] | None = None) -> str:
     """A compact HTML table of a DataFrame; byte columns shown in MiB/GiB."""
     if frame is None or len(frame) == 0:

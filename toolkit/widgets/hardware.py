@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-import html
 import time
 
 import ipywidgets as W
 
-from toolkit.widgets._common import Base, error_html, fmt_bytes
+from toolkit.widgets._common import Base, error_html, fmt_bytes, table_html
 
 
 class HardwarePanel(Base):
@@ -30,12 +29,9 @@ class HardwarePanel(Base):
         except Exception as exc:  # probing must never break the panel
             self.table.value = error_html(exc)
             return
-        rows = "".join(
-            f"<tr><td>{html.escape(d.kind)}</td><td>{html.escape(d.name)}</td><td>{d.count}</td>"
-            f"<td>{fmt_bytes(d.total_bytes)}</td><td>{fmt_bytes(d.free_bytes)}</td>"
-            f"<td>{'.'.join(map(str, d.compute_capability)) if d.compute_capability else '-'}</td>"
-            f"<td>{html.escape(d.source)}</td></tr>" for d in self.devices)
+        rows = [(d.kind, d.name, d.count, fmt_bytes(d.total_bytes), fmt_bytes(d.free_bytes),
+                 ".".join(map(str, d.compute_capability)) if d.compute_capability else "-", d.source)
+                for d in self.devices]
         self.table.value = (
-            "<table class='toolkit-table'><tr><th>kind</th><th>name</th><th>count</th><th>total</th>"
-            f"<th>free</th><th>cc</th><th>source</th></tr>{rows}</table>"
-            f"<small>probed at {time.strftime('%H:%M:%S')}</small>")
+            table_html(("kind", "name", "count", "total", "free", "cc", "source"), rows)
+            + f"<small>probed at {time.strftime('%H:%M:%S')}</small>")

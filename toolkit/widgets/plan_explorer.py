@@ -9,7 +9,7 @@ from typing import Any
 
 import ipywidgets as W
 
-from toolkit.widgets._common import Base, error_html, fmt_bytes, png
+from toolkit.widgets._common import Base, error_html, fmt_bytes, png, table_html
 
 DEVICES = ("auto", "cpu:8GiB", "T4", "A100-80GB", "24GiB", "2xH100", "M2-Max-32GB")
 BACKENDS = ("auto", "hf", "llamacpp", "mlx", "vllm")
@@ -92,11 +92,8 @@ class PlanExplorer(Base):
         self.table.value = result._repr_html_().split("<ul>")[0]
         self.chart.value = png(plan_breakdown(result))
         self.chart.layout.display = None
-        rows = "".join(
-            f"<tr><td>{html.escape(a['backend'])}</td><td>{html.escape(a['quantization'])}</td>"
-            f"<td>{html.escape(str(a.get('dtype') or ''))}</td>"
-            f"<td>{fmt_bytes((a.get('memory') or {}).get('total_bytes'))}</td>"
-            f"<td>{html.escape(str(a['rejected']))}</td></tr>" for a in result.alternatives)
+        rows = [(a["backend"], a["quantization"], a.get("dtype") or "",
+                 fmt_bytes((a.get("memory") or {}).get("total_bytes")), a["rejected"]) for a in result.alternatives]
         self.alternatives.value = (
-            "<b>Alternatives not chosen</b><table class='toolkit-table'><tr><th>backend</th><th>quantization</th>"
-            f"<th>dtype</th><th>needs</th><th>why not</th></tr>{rows}</table>" if rows else "")
+            "<b>Alternatives not chosen</b>" + table_html(("backend", "quantization", "dtype", "needs", "why not"), rows)
+            if rows else "")
