@@ -22,7 +22,7 @@ import time
 import traceback
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterable, Sequence
+from typing import Any, Sequence
 
 import numpy as np
 
@@ -85,8 +85,7 @@ def plan_jobs(model: str | Path | None, variants: Sequence[str] | dict[str, str]
             else:
                 raise InvalidSpec(f"variant {variant!r} needs a checkpoint: pass variants={{'{variant}': 'path'}} "
                                   "(only none and bnb-* are made at load time)")
-            quant = variant if variant.startswith("bnb-") or variant == "none" else variant
-            jobs.append(Job(variant, backend, path, quant))
+            jobs.append(Job(variant, backend, path, variant))
     unknown = [v for v in names if not any(j.variant == v for j in jobs)]
     if unknown:
         raise InvalidSpec(f"variants {unknown} run on none of the backends {backends}: add their backend "
@@ -150,19 +149,26 @@ def _json_default(value: Any) -> Any:
 
 # --- the sweep -----------------------------------------------------------------------------
 
-def _reference(results: Path | None, loaded: Any | None, windows: list[list[int]]) -> list[np.ndarray] | None:
-    ref_path = results.with_name(results.stem + ".reference.npz") if results else None
-    if ref_path is not None and ref_path.exists():
-        data = np.load(ref_path)
-        if np.array_equal(data["windows"], np.asarray(windows)):
-            return [data[f"lp{i}"] for i in range(len(windows))]
-    if loaded is None:
+def _reference_path(results: Path | None) -> Path | None:
+    return results.with_name(results.stem + ".reference.npz") if results else None
+
+
+def _load_reference(results: Path | None, windows: list[list[int]]) -> list[np.ndarray] | None:
+    """The reference log-probs saved by an earlier run of this sweep, if they are for these windows."""
+    ref_path = _reference_path(results)
+    if ref_path is None or not ref_path.exists():
         return None
-    logprobs = loaded.logprobs(windows)
+    data = np.load(ref_path)
+    if not np.array_equal(data["windows"], np.asarray(windows)):
+        return None
+    return [data[f"lp{i}"] for i in range(len(windows))]
+
+
+def _save_reference(results: Path | None, windows: list[list[int]], logprobs: list[np.ndarray]) -> None:
+    ref_path = _reference_path(results)
     if ref_path is not None:
         ref_path.parent.mkdir(parents=True, exist_ok=True)
         np.savez(ref_path, windows=np.asarray(windows), **{f"lp{i}": lp for i, lp in enumerate(logprobs)})
-    return logprobs
 
 
 def run_job(job: Job, windows: list[list[int]] | None, reference: list[np.ndarray] | None, *,
@@ -292,7 +298,7 @@ def compare(model: str | Path | None = None, variants: Sequence[str] | dict[str,
     if retry_errors:
         done = {k: r for k, r in done.items() if not r.get("error")}
     windows_ids = _quality_windows(jobs[0], text, windows, seq_len) if quality else None
-    reference = _reference(results_path, None, windows_ids) if windows_ids else None
+    reference = _load_reference(results_path, windows_ids) if windows_ids else None
     rows: list[dict[str, Any]] = []
     bar = tqdm(jobs, desc="compare", unit="variant", disable=not progress)
     for i, job in enumerate(bar):
@@ -307,7 +313,8 @@ def compare(model: str | Path | None = None, variants: Sequence[str] | dict[str,
                                prompt_tokens=prompt_tokens, new_tokens=new_tokens, repeats=repeats,
                                device=device)
         if is_reference and logprobs is not None:
-            reference = _reference(results_path, _Fixed(logprobs), windows_ids or [])
+            reference = logprobs
+            _save_reference(results_path, windows_ids or [], logprobs)
             row.update(kl_divergence=0.0, top1_agreement=1.0, reference=True)
         if results_path:
             append_row(results_path, {k: v for k, v in row.items() if k != "traceback"})
@@ -317,16 +324,6 @@ def compare(model: str | Path | None = None, variants: Sequence[str] | dict[str,
     frame = pd.DataFrame(rows)
     ordered = [c for c in ROW_FIELDS if c in frame.columns] + [c for c in frame.columns if c not in ROW_FIELDS]
     return frame[ordered]
-
-
-class _Fixed:
-    """Hands already computed log-probs to :func:`_reference` to store them."""
-
-    def __init__(self, logprobs: list[np.ndarray]) -> None:
-        self._lp = logprobs
-
-    def logprobs(self, windows: Iterable[Any]) -> list[np.ndarray]:
-        return self._lp
 
 
 def _quality_windows(job: Job, text: str | None, windows: int, seq_len: int) -> list[list[int]] | None:
