@@ -191,12 +191,12 @@ def test_gguf(tmp_path):
         inspect(path)
 
 
-def test_hub_id_without_hub_lib():
-    import importlib.util
+def test_hub_id_without_hub_lib(monkeypatch):
+    import sys
 
-    if importlib.util.find_spec("huggingface_hub") is not None:
-        pytest.skip("huggingface_hub installed; would need network")
     from toolkit.errors import BackendUnavailable
+
+    monkeypatch.setitem(sys.modules, "huggingface_hub", None)  # `import huggingface_hub` now fails, as uninstalled
 
     with pytest.raises(BackendUnavailable, match=r"toolkit\[hub\]"):
         inspect("some-org/some-model")
