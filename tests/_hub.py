@@ -52,7 +52,8 @@ def add_to_cache(cache: Path, repo_id: str, files: dict[str, Path | bytes], *, c
 
 
 class HubServer:
-    """A threading HTTP server that serves ``repos``: {repo_id: {"sha": commit, "files": {name: bytes}}}.
+    """A threading HTTP server that serves ``repos``: {repo_id: {"sha": commit, "files": {name: bytes}}},
+    where a repo may add older commits or tags as ``"revisions": {name: {"sha": ..., "files": ...}}``.
 
     ``cut`` maps a file name to a byte count: the first full GET of that file sends only that many
     bytes and drops the connection. ``log`` records (method, path, Range header).
@@ -98,6 +99,10 @@ class HubServer:
                     if repo is None:
                         return self._not_found()
                     rest = parts[4:]
+                    if rest[:1] in (["revision"], ["tree"]) and len(rest) > 1:
+                        repo = server.at(repo, rest[1])
+                        if repo is None:
+                            return self._not_found("RevisionNotFound")
                     if not rest or rest[0] == "revision":
                         return self._json({"id": repo_id, "modelId": repo_id, "sha": repo["sha"], "private": False,
                                            "siblings": [{"rfilename": f} for f in sorted(repo["files"])]})
@@ -111,6 +116,9 @@ class HubServer:
                     name = "/".join(parts[4:])
                     if repo is None:
                         return self._not_found()
+                    repo = server.at(repo, parts[3])
+                    if repo is None:
+                        return self._not_found("RevisionNotFound")
                     if name not in repo["files"]:
                         return self._not_found("EntryNotFound")
                     return self._file(repo, name)
@@ -155,6 +163,15 @@ class HubServer:
     def __exit__(self, *exc) -> None:
         self.httpd.shutdown()
         self.httpd.server_close()
+
+    @staticmethod
+    def at(repo: dict, revision: str) -> dict | None:
+        """The repo as of ``revision``: ``main`` or its own sha, or a key of ``repo["revisions"]``
+        ({name or sha: {"sha": ..., "files": {...}}}) or the sha of one of those."""
+        if revision in ("main", repo["sha"]):
+            return repo
+        others = repo.get("revisions", {})
+        return others.get(revision) or next((r for r in others.values() if r["sha"] == revision), None)
 
     def downloads(self) -> list[str]:
         """File names fetched with GET (not HEAD) from /resolve/."""

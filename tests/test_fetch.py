@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import sys
@@ -55,9 +56,21 @@ def server(tmp_path, monkeypatch):
         "org/missing-shard": {"files": {**META, "model.safetensors.index.json": json.dumps(index).encode(),
                                         "model-00001-of-00002.safetensors": _st_bytes(tmp_path, half)}},
         "org/pickle-only": {"files": {**META, "pytorch_model.bin": b"pickle!"}},
+        # main moved on after v1: a pinned revision must keep giving the old files
+        "org/evolving": {"files": {**META, "model.safetensors": st, "generation_config.json": b'{"v": 2}'},
+                         "revisions": {"v1": {"sha": commit_of("org/evolving@v1"),
+                                              "files": {**META, "model.safetensors": st,
+                                                        "generation_config.json": b'{"v": 1}'}}}},
     }
     for rid, repo in repos.items():
         repo["sha"] = commit_of(rid)
+    with serving(repos, tmp_path, monkeypatch) as srv:
+        yield srv
+
+
+@contextlib.contextmanager
+def serving(repos: dict, tmp_path: Path, monkeypatch):
+    """Serve ``repos`` on 127.0.0.1 and point huggingface_hub (and a fresh cache) at it."""
     import huggingface_hub.constants as constants
 
     with HubServer(repos) as srv:
@@ -147,6 +160,49 @@ def test_unknown_repo_and_revision(server):
         fetch("org/nope")
     with pytest.raises(ModelNotFound):
         fetch("not a hub id")
+
+
+def test_pinned_revision(server, monkeypatch):
+    """A pinned revision (tag or commit) gets that commit's files, even after main moved on; a
+    revision the hub does not have is a clear error; a pinned commit in the cache works offline."""
+    old = commit_of("org/evolving@v1")
+    latest = fetch("org/evolving")
+    assert latest.name == commit_of("org/evolving") and (latest / "generation_config.json").read_bytes() == b'{"v": 2}'
+    by_tag = fetch("org/evolving", revision="v1")
+    assert by_tag.name == old and (by_tag / "generation_config.json").read_bytes() == b'{"v": 1}'
+    server.log.clear()
+    by_commit = fetch("org/evolving", revision=old)
+    assert by_commit == by_tag
+    assert server.downloads() == []  # a full commit sha already in the cache needs no download
+    with pytest.raises(ModelNotFound, match="revision 'v0'"):
+        fetch("org/evolving", revision="v0")
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    assert fetch("org/evolving", revision=old) == by_tag
+
+
+@pytest.mark.slow
+def test_load_a_hub_id_at_a_pinned_revision(tmp_path, monkeypatch):
+    """toolkit.load("org/name", revision=...) plans from that revision's metadata, fetches only what
+    the backend needs, and loads it: here the real tiny model, served with an older revision whose
+    config allowed 1024 positions."""
+    import toolkit
+    from toolkit.tiny import BASE
+
+    files = {f.name: f.read_bytes() for f in BASE.iterdir() if f.is_file() and f.suffix != ".md"}
+    old_config = json.loads(files["config.json"])
+    old_config["max_position_embeddings"] = 1024
+    repos = {"org/tiny": {"sha": commit_of("org/tiny"), "files": files,
+                          "revisions": {"v1": {"sha": commit_of("org/tiny@v1"),
+                                               "files": {**files, "config.json": json.dumps(old_config).encode()}}}}}
+    with serving(repos, tmp_path, monkeypatch):
+        with toolkit.load(BASE, "hf", device="cpu:8GiB") as local:
+            expected = local.generate("def add(a, b):\n", max_tokens=8, ignore_eos=True).token_ids
+        for revision, sha, positions in ((None, commit_of("org/tiny"), 2048), ("v1", commit_of("org/tiny@v1"), 1024)):
+            with toolkit.load("org/tiny", "hf", device="cpu:8GiB", revision=revision) as model:
+                assert model.target.path.name == sha and model.plan.max_context == positions
+                assert model.generate("def add(a, b):\n", max_tokens=8, ignore_eos=True).token_ids == expected
+        with pytest.raises(ModelNotFound, match="revision"):
+            toolkit.load("org/tiny", "hf", device="cpu:8GiB", revision="v0")
 
 
 def test_cli_prints_path_last(server, capsys):

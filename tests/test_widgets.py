@@ -3,6 +3,7 @@ the callback wrote into HTML values, Image bytes and Output outputs. Real backen
 tiny model; llama.cpp variants where the backend does not matter (they load in a fraction of a
 second), transformers where it does (the playground's default path)."""
 
+import html
 import subprocess
 import sys
 
@@ -123,6 +124,29 @@ def test_playground_transformers_default_and_sampling():
     assert pg.error is None and pg.chunks >= 1 and "tok/s" in pg.stats.value
     pg.unload()
     pg.wait(30)
+
+
+def test_two_playgrounds_generate_at_once_without_crossing():
+    """Two playgrounds streaming at the same time (each in its own thread) keep their own text; a
+    second click on a busy one is refused, not interleaved."""
+    a, b = Playground(), Playground()
+    for pg, prompt in ((a, "def add(a, b):\n"), (b, "import os\n")):
+        pg.variant.value = "gguf-q4_k_m"
+        pg.load()
+        pg.wait(120)
+        assert pg.error is None, pg.status.value
+        pg.prompt.value, pg.max_tokens.value = prompt, 24
+    alone = {pg: pg.loaded.generate(pg.prompt.value, max_tokens=24).text for pg in (a, b)}
+    assert alone[a] != alone[b]
+    with a.loaded._lock:  # a's run waits for the model, so it is surely still running below
+        assert a.generate() and b.generate()
+        assert a.generate() is False and "busy" in a.status.value  # refused, not interleaved
+    a.wait(120), b.wait(120)
+    for pg in (a, b):
+        assert pg.error is None, pg.status.value
+        assert html.unescape(pg.text.value).endswith(alone[pg] + "</pre>")
+        pg.unload()
+        pg.wait(30)
 
 
 def test_compare_runner_live_table_plots_and_report(tmp_path):

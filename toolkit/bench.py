@@ -1,6 +1,7 @@
 """One benchmark protocol for every backend.
 
-For each run: random prompt token ids of a fixed length (seeded), EOS ignored so every run
+For each run: random prompt token ids of a fixed length (seeded; for OpenAI-compatible servers, a
+seeded slice of the shipped held-out text instead, since a server may take text only), EOS ignored so every run
 generates exactly ``new_tokens``; the first (cold) call is reported apart; ``warmup`` runs are
 discarded; then ``repeats`` pairs of timed calls:
 
@@ -82,6 +83,19 @@ def random_prompt(vocab_size: int, length: int, seed: int, avoid: set[int] | Non
         if t not in avoid:
             ids.append(t)
     return ids
+
+
+def text_prompt(loaded: Any, length: int, seed: int) -> list[int]:
+    """``length`` token ids of the shipped held-out text, from a seeded offset (repeated as needed)."""
+    from importlib import resources
+
+    text = resources.files("toolkit").joinpath("data/heldout.txt").read_text(encoding="utf-8")
+    start = int(np.random.default_rng(seed).integers(0, len(text) // 2))
+    ids: list[int] = []
+    while len(ids) < length:
+        ids += loaded.encode(text[start:start + 8 * length])
+        start = 0
+    return ids[:length]
 
 
 _BANDWIDTH: dict[str, float] = {}
@@ -172,7 +186,10 @@ def bench(loaded: Any, *, prompt_tokens: int = 128, new_tokens: int = 64, batch:
         raise InvalidSpec("new_tokens must be at least 2: decode speed needs tokens after the first")
     if repeats < 1 or batch < 1 or prompt_tokens < 1:
         raise InvalidSpec("repeats, batch and prompt_tokens must be at least 1")
-    prompts = [random_prompt(loaded.vocab_size, prompt_tokens, seed + i) for i in range(batch)]
+    if loaded.backend == "openai":  # a server may take text only, and random ids need not decode to UTF-8
+        prompts = [text_prompt(loaded, prompt_tokens, seed + i) for i in range(batch)]
+    else:
+        prompts = [random_prompt(loaded.vocab_size, prompt_tokens, seed + i) for i in range(batch)]
     one = GenerationConfig(max_tokens=1, ignore_eos=True)
     full = GenerationConfig(max_tokens=new_tokens, ignore_eos=True)
 

@@ -17,6 +17,7 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
     "inspect": ("toolkit.inspect", "main_inspect", "read a model's metadata without loading weights"),
     "plan": ("toolkit.plan", "main_plan", "pick backend, quantization, dtype and context that fit"),
     "tiny": ("toolkit.tiny", "main_tiny", "path of the built-in tiny model or a variant (built on first use)"),
+    "generate": ("toolkit.generate", "main_generate", "load a model and stream a completion of a prompt"),
     "bench": ("toolkit.bench", "main_bench", "benchmark TTFT, prefill and decode speed, and peak memory"),
     "compare": ("toolkit.compare", "main_compare", "compare variants: memory, speed and quality"),
     "demo": ("toolkit.demo", "main_demo", "the whole job on the built-in tiny model, with a report"),

@@ -17,6 +17,7 @@ import re
 import subprocess
 import sys
 from dataclasses import asdict, dataclass, replace
+from pathlib import Path
 
 from toolkit.errors import InvalidSpec
 
@@ -140,7 +141,7 @@ def parse_memory(value: str | int | float) -> int:
         if value <= 0:
             raise InvalidSpec(f"memory must be positive, got {value!r}: use a size like '24GiB' or '16GB'")
         return int(value)
-    m = re.fullmatch(r"\s*([0-9]+(?:\.[0-9]+)?)\s*([A-Za-z]*)\s*", str(value))
+    m = re.fullmatch(r"\s*([-+]?[0-9]+(?:\.[0-9]+)?)\s*([A-Za-z]*)\s*", str(value))  # sign: "must be positive"
     unit = m.group(2).lower() if m else None
     if not m or unit not in _UNITS:
         raise InvalidSpec(f"cannot parse memory {value!r}: use a size like '24GiB', '16GB' or '512MiB'")
@@ -330,10 +331,83 @@ def _cpu_name() -> str:
     return _sysctl("machdep.cpu.brand_string") if sys.platform == "darwin" else (platform.processor() or "CPU")
 
 
+def _read_int(path: Path) -> int | None:
+    try:
+        text = path.read_text().strip()
+    except OSError:
+        return None
+    return int(text) if text.isdigit() else None  # cgroup v2 writes "max" for no limit
+
+
+def _inactive_file(stat: Path, key: str) -> int:
+    try:
+        for line in stat.read_text().splitlines():
+            name, _, value = line.partition(" ")
+            if name == key:
+                return int(value)
+    except (OSError, ValueError):
+        pass
+    return 0
+
+
+def cgroup_memory(proc_cgroup: str | os.PathLike = "/proc/self/cgroup",
+                  root: str | os.PathLike = "/sys/fs/cgroup") -> tuple[int, int] | None:
+    """(limit, free) of this process's memory cgroup, the tightest along its path, or None when no
+    limit is set. Containers (Docker, Kubernetes, systemd slices) limit memory this way while
+    ``/proc/meminfo`` still shows the host's. Free is limit − usage + inactive file pages (page
+    cache the kernel reclaims before it kills), as ``docker stats`` counts it. cgroup v2 and v1."""
+    try:
+        lines = Path(proc_cgroup).read_text().splitlines()
+    except OSError:
+        return None
+    base = Path(root)
+    found: list[tuple[int, int]] = []
+    for line in lines:
+        _, controllers, rel = line.split(":", 2)
+        if controllers == "":  # v2: 0::/path
+            top, files = base, ("memory.max", "memory.current", "inactive_file")
+        elif "memory" in controllers.split(","):  # v1: N:memory:/path
+            top, files = base / "memory", ("memory.limit_in_bytes", "memory.usage_in_bytes", "total_inactive_file")
+        else:
+            continue
+        folder = top / rel.lstrip("/")
+        while True:
+            limit, usage = _read_int(folder / files[0]), _read_int(folder / files[1])
+            if limit is not None and usage is not None and limit < 2**60:  # v1 "no limit" is ~2**63
+                free = limit - usage + _inactive_file(folder / "memory.stat", files[2])
+                found.append((limit, max(0, min(free, limit))))
+            if folder == top or top not in folder.parents:
+                break
+            folder = folder.parent
+    return min(found, key=lambda lf: lf[1]) if found else None
+
+
+def address_space_headroom() -> int | None:
+    """Bytes this process may still map under ``ulimit -v`` (RLIMIT_AS), or None when unlimited."""
+    try:
+        import resource
+
+        soft, _ = resource.getrlimit(resource.RLIMIT_AS)
+    except (ImportError, OSError, ValueError):
+        return None
+    if soft == resource.RLIM_INFINITY:
+        return None
+    from toolkit.trackers import _status_kib
+
+    return max(0, soft - (_status_kib("VmSize") or 0))
+
+
 def probe_cpu() -> Device:
-    """Return the CPU with total and available RAM."""
+    """Return the CPU with total and available RAM, bounded by a container's memory cgroup and by
+    ``ulimit -v``, which stop allocations before the machine's RAM runs out."""
     total, free = _ram()
     source = "psutil" if "psutil" in sys.modules else "meminfo"
+    limited = cgroup_memory()
+    if limited is not None and limited[1] < free:
+        total, free, source = min(total, limited[0]), limited[1], "cgroup"
+    headroom = address_space_headroom()
+    if headroom is not None and headroom < free:
+        free, source = headroom, "RLIMIT_AS"
     return Device("cpu", _cpu_name() or "CPU", total, free, 1, None, None, source)
 
 

@@ -482,16 +482,25 @@ def read_gguf(path: str | os.PathLike) -> dict:
             key = r.string()
             meta[key] = _gguf_value(r, r.u32(), keep_arrays=True)
         tensors = []
+        data_end = 0  # end of the last tensor, relative to the start of the data section
         for _ in range(n_tensors):
             name = r.string()
             dims = [r.u64() for _ in range(r.u32())]
             ttype = r.u32()
-            r.u64()  # offset
+            offset = r.u64()
             if ttype not in GGML_TYPES:
                 raise InvalidModel(f"{path.name}: tensor {name!r} has unknown ggml type {ttype}: update toolkit")
             tname, block, tsize = GGML_TYPES[ttype]
             n = _numel(dims)
             tensors.append({"name": name, "shape": dims, "type": tname, "numel": n, "bytes": n // block * tsize})
+            data_end = max(data_end, offset + n // block * tsize)
+        # The data section starts at the next multiple of general.alignment (gguf spec, default 32).
+        align = meta.get("general.alignment") or 32
+        data_start = -(-fh.tell() // align) * align if isinstance(align, int) and align > 0 else fh.tell()
+        size = path.stat().st_size
+        if tensors and data_start + data_end > size:
+            raise InvalidModel(f"{path.name} is truncated: its tensor data needs {data_start + data_end} bytes but the "
+                               f"file has {size}; re-download the file (or finish the download)")
     return {"version": version, "metadata": meta, "tensors": tensors}
 
 
@@ -674,9 +683,13 @@ def _inspect_hub(repo_id: str, revision: str | None) -> ModelInfo:
     try:
         cfg_file = hub.hf_hub_download(repo_id, "config.json", revision=revision)
     except Exception as e:  # RepositoryNotFoundError, EntryNotFoundError, offline with empty cache...
+        from huggingface_hub import constants
+
+        offline = ("; HF_HUB_OFFLINE is set, so only the local hub cache was searched: unset it, or run "
+                   f"`toolkit fetch {repo_id}` on a connected machine" if constants.HF_HUB_OFFLINE else "")
         raise ModelNotFound(
             f"cannot read config.json of {repo_id!r} from the Hugging Face hub ({type(e).__name__}): check "
-            "the id and revision, log in with `hf auth login` for gated models, or pass a local folder"
+            f"the id and revision, log in with `hf auth login` for gated models, or pass a local folder{offline}"
         ) from None
     info = _info_from_config(repo_id, _load_json(Path(cfg_file)))
     try:

@@ -427,9 +427,11 @@ def plan(model: str | os.PathLike | ModelInfo, device: Device | str | None = Non
     else:
         reasons.append(f"max_context {max_ctx} is the largest context that fits (model maximum {max_pos})")
     if info.weights_format == "pickle":
-        reasons.append("weights are pickle files: convert them to safetensors before loading")
+        reasons.append("weights are pickle files (never opened while planning): convert them to safetensors, "
+                       "or load with allow_pickle=True (--allow-pickle) if you trust their source")
     if info.requires_remote_code:
-        reasons.append("model needs trust_remote_code=True to load (toolkit never runs it while planning)")
+        reasons.append("config.json names shipped Python code (auto_map), never run while planning: loading uses "
+                       "the library's built-in implementation when it has one, else needs trust_remote_code=True")
 
     # alternatives, ranked: fitting ones, then too big (smallest first), then unsupported
     alts_fit, alts_big, alts_bad = [], [], []

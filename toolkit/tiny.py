@@ -14,6 +14,9 @@ ct-awq-4bit        llm-compressor AWQModifier W4A16_ASYM (zero points)    compre
 gguf-f32/f16       llama.cpp ``convert_hf_to_gguf.py``                    GGUF
 gguf-q8_0/q4_k_m   llama.cpp ``llama_model_quantize`` from gguf-f32       GGUF
 mlx-4bit/8bit      ``mlx_lm.convert``, affine, group 64                   MLX
+lora               peft LoRA (r=8, all linear layers) trained ~10 s       peft adapter folder
+lora-gguf          llama.cpp ``convert_lora_to_gguf.py`` from ``lora``    GGUF LoRA adapter
+lora-mlx           ``lora`` rewritten in mlx-lm's adapter layout          mlx-lm ``adapters.safetensors``
 =================  =====================================================  ===========================
 
 ``none``, ``bnb-4bit`` and ``bnb-8bit`` are the base folder (bitsandbytes quantizes at load time).
@@ -49,10 +52,18 @@ VARIANTS: dict[str, str | None] = {
     "gptq-4bit": None, "awq-4bit": None, "ct-gptq-4bit": None, "ct-awq-4bit": None,
     "gguf-f32": None, "gguf-f16": None, "gguf-q8_0": "gguf-f32", "gguf-q4_k_m": "gguf-f32",
     "mlx-4bit": None, "mlx-8bit": None,
+    "lora": None, "lora-gguf": "lora", "lora-mlx": "lora",
 }
 LLAMA_CPP_PYTHON_VERSION = "0.3.36"  # converter source when llama-cpp-python is not installed
+CONVERTERS = ("convert_hf_to_gguf.py", "convert_lora_to_gguf.py")
 CALIBRATION_SEQ = 256
 CALIBRATION_SAMPLES = 64
+# The "lora" adapter: small enough to train in seconds on one core, large enough that its greedy
+# output visibly differs from the base model's (measured: from the 4th token of "def add(a, b):\n").
+LORA_RANK, LORA_ALPHA, LORA_STEPS, LORA_BATCH, LORA_LR = 8, 16, 20, 4, 3e-3
+LORA_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+LORA_GGUF = "tiny-lora-f32.gguf"
+ADAPTERS = ("lora", "lora-gguf", "lora-mlx")  # LoRA adapters for the base model, not models
 
 
 def cache_root() -> Path:
@@ -81,11 +92,13 @@ def variant_dir(variant: str) -> Path:
 
 
 def names() -> list[str]:
-    """Every name ``tiny()`` accepts."""
-    return ["none", "bnb-4bit", "bnb-8bit", *VARIANTS]
+    """Every model name ``tiny()`` accepts; it also accepts the LoRA adapters in :data:`ADAPTERS`."""
+    return ["none", "bnb-4bit", "bnb-8bit", *(v for v in VARIANTS if v not in ADAPTERS)]
 
 
 def _result_path(variant: str, folder: Path) -> Path:
+    if variant == "lora-gguf":
+        return folder / LORA_GGUF
     return folder / f"tiny-{GGUF_TYPES[variant]}.gguf" if variant in GGUF_TYPES else folder
 
 
@@ -97,12 +110,14 @@ def tiny(variant: str | None = None, *, rebuild: bool = False, progress: bool = 
     """Local path of the built-in tiny model or of one of its variants, building it on first use.
 
     Args:
-        variant: ``None``/``"none"`` for the shipped model, or a name from :func:`names`.
+        variant: ``None``/``"none"`` for the shipped model, a name from :func:`names`, or a LoRA
+            adapter from :data:`ADAPTERS` (for ``Loaded.load_adapter``).
         rebuild: Build again even when a cached build exists.
         progress: Show a progress bar while building.
 
     Returns:
-        A folder (transformers, GPTQ/AWQ, compressed-tensors, MLX) or a ``.gguf`` file.
+        A folder (transformers, GPTQ/AWQ, compressed-tensors, MLX, a peft or mlx-lm adapter) or a
+        ``.gguf`` file (a model, or the ``lora-gguf`` adapter).
     """
     from toolkit.errors import InvalidModel, InvalidSpec
 
@@ -113,7 +128,7 @@ def tiny(variant: str | None = None, *, rebuild: bool = False, progress: bool = 
     if variant in BASE_ALIASES:
         return BASE
     if variant not in VARIANTS:
-        raise InvalidSpec(f"unknown tiny variant {variant!r}: choose one of {', '.join(names())}")
+        raise InvalidSpec(f"unknown tiny variant {variant!r}: choose one of {', '.join([*names(), *ADAPTERS])}")
     chain = [variant]
     while VARIANTS[chain[-1]] is not None:
         chain.append(VARIANTS[chain[-1]])  # type: ignore[arg-type]
@@ -257,9 +272,9 @@ def _build_llmcompressor(out: Path, method: str) -> None:
 
 
 def llama_cpp_source() -> Path:
-    """llama.cpp's converter (``convert_hf_to_gguf.py`` with its ``conversion`` and ``gguf-py``
-    packages) ships only in the llama-cpp-python sdist: fetch that sdist from the package index
-    once, for the installed version, and keep just those files in the cache."""
+    """llama.cpp's converters (``convert_hf_to_gguf.py`` and ``convert_lora_to_gguf.py`` with their
+    ``conversion`` and ``gguf-py`` packages) ship only in the llama-cpp-python sdist: fetch that sdist
+    from the package index once, for the installed version, and keep just those files in the cache."""
     import tarfile
 
     from toolkit.errors import ToolkitError
@@ -269,7 +284,7 @@ def llama_cpp_source() -> Path:
     except importlib.metadata.PackageNotFoundError:  # converting needs only the sdist, not the build
         version = LLAMA_CPP_PYTHON_VERSION
     dest = cache_root() / f"llama.cpp-convert-{version}"
-    if (dest / "convert_hf_to_gguf.py").exists():
+    if all((dest / name).exists() for name in CONVERTERS):
         return dest
     sdists = cache_root() / "sdist"
     sdists.mkdir(parents=True, exist_ok=True)
@@ -281,7 +296,7 @@ def llama_cpp_source() -> Path:
             raise ToolkitError(f"could not download the llama-cpp-python {version} sdist (it holds llama.cpp's GGUF "
                                f"converter): {proc.stderr.strip()[-500:]}\nDownload it into {sdists} by hand.")
     prefix = f"llama_cpp_python-{version}/vendor/llama.cpp/"
-    wanted = ("convert_hf_to_gguf.py", "conversion/", "gguf-py/")
+    wanted = (*CONVERTERS, "conversion/", "gguf-py/")
     tmp = Path(tempfile.mkdtemp(dir=cache_root()))
     with tarfile.open(archive) as tar:
         members = [m for m in tar.getmembers() if m.name.startswith(prefix)
@@ -289,7 +304,13 @@ def llama_cpp_source() -> Path:
         for m in members:
             m.name = m.name[len(prefix):]
         tar.extractall(tmp, members=members, filter="data")
-    os.replace(tmp, dest)
+    if dest.exists():  # extracted before convert_lora_to_gguf.py was kept: add only what is missing
+        for name in CONVERTERS:
+            if not (dest / name).exists():
+                os.replace(tmp / name, dest / name)
+        shutil.rmtree(tmp, ignore_errors=True)
+    else:
+        os.replace(tmp, dest)
     return dest
 
 
@@ -334,6 +355,51 @@ def _build_mlx(out: Path, bits: int) -> None:
     _copy_tokenizer(out)
 
 
+def _build_lora(out: Path) -> None:
+    """A peft LoRA adapter on every linear layer, trained briefly on the calibration text."""
+    import torch
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    torch.set_num_threads(1)  # one thread: a fixed order of float sums, so every build is the same
+    _seed()
+    model = AutoModelForCausalLM.from_pretrained(BASE, dtype=torch.float32)
+    config = LoraConfig(r=LORA_RANK, lora_alpha=LORA_ALPHA, lora_dropout=0.0, target_modules=list(LORA_TARGETS),
+                        bias="none", task_type="CAUSAL_LM")
+    model = get_peft_model(model, config)
+    rows = torch.tensor(calibration_ids())
+    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=LORA_LR, weight_decay=0.0)
+    model.train()
+    for step in range(LORA_STEPS):
+        first = step * LORA_BATCH % len(rows)
+        batch = rows[first:first + LORA_BATCH]
+        loss = model(input_ids=batch, labels=batch).loss
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad()
+        print(f"step {step}: loss {loss.item():.3f}", flush=True)
+    model.save_pretrained(out)
+    for file in out.iterdir():  # safetensors writes through a private temp file (0600)
+        file.chmod(0o644)
+
+
+def _convert_lora_gguf(out: Path) -> None:
+    import runpy
+
+    src = llama_cpp_source()
+    sys.path[:0] = [str(src), str(src / "gguf-py")]
+    # --base: the converter reads only the base model's config.json from it (no tokenizer, no weights).
+    sys.argv = ["convert_lora_to_gguf.py", str(tiny("lora", progress=False)), "--base", str(BASE),
+                "--outfile", str(out / LORA_GGUF), "--outtype", "f32"]
+    runpy.run_path(str(src / "convert_lora_to_gguf.py"), run_name="__main__")
+
+
+def _build_lora_mlx(out: Path) -> None:
+    from toolkit.backends.mlx import peft_to_mlx
+
+    peft_to_mlx(tiny("lora", progress=False), out)
+
+
 BUILDERS: dict[str, Callable[[Path], None]] = {
     "gptq-4bit": lambda out: _build_gptqmodel(out, "gptq"),
     "awq-4bit": lambda out: _build_gptqmodel(out, "awq"),
@@ -345,6 +411,9 @@ BUILDERS: dict[str, Callable[[Path], None]] = {
     "gguf-q4_k_m": lambda out: _quantize_gguf(out, "gguf-q4_k_m"),
     "mlx-4bit": lambda out: _build_mlx(out, 4),
     "mlx-8bit": lambda out: _build_mlx(out, 8),
+    "lora": _build_lora,
+    "lora-gguf": _convert_lora_gguf,
+    "lora-mlx": _build_lora_mlx,
 }
 
 

@@ -4,22 +4,28 @@ Generation drives ``Llama.generate`` token by token, so each token is timed as i
 need the logits of every position (``logits_all=True``), which costs memory and time on every
 eval, so they use a second context created on first use — or the main one when the target was
 loaded with ``options={"logprobs": True}``.
+
+LoRA adapters (GGUF files from llama.cpp's ``convert_lora_to_gguf.py``) are loaded onto the model
+with ``llama_adapter_lora_init`` and switched per context with ``llama_set_adapters_lora``, without
+reloading the model; switching drops the KV cache, which was computed under the previous adapter.
 """
 
 from __future__ import annotations
 
 import codecs
+import ctypes
 import random
 import time
 from pathlib import Path
 from typing import Any, Iterator, Sequence
 
+import llama_cpp
 import numpy as np
 from llama_cpp import Llama
 
 from toolkit.backends.base import (GenerationConfig, LoadTarget, Loaded,
                                    Messages, by_prefix, default_threads, log_softmax)
-from toolkit.errors import InvalidModel, InvalidSpec, ModelNotFound
+from toolkit.errors import InvalidModel, InvalidSpec, ModelNotFound, ToolkitError
 
 DEFAULT_CONTEXT = 2048
 
@@ -32,6 +38,9 @@ class LlamaCppLoaded(Loaded):
         self.llama: Llama | None = llama
         self._kwargs = kwargs  # how the main context was made, reused for the logprobs context
         self._scorer: Llama | None = llama if kwargs.get("logits_all") else None
+        # LoRA adapters belong to a llama.cpp model, and the scoring context has a model of its own:
+        # adapter name -> {id(Llama): llama_adapter_lora pointer}, each made on first use.
+        self._lora: dict[str, dict[int, Any]] = {}
         # EOS only, like the hf and mlx backends (their generation_config's eos_token_id), so that
         # the same weights stop at the same place on every backend.
         self.eos_ids = {int(llama.token_eos())}
@@ -105,6 +114,8 @@ class LlamaCppLoaded(Loaded):
         if self._scorer is None:
             kwargs = dict(self._kwargs, logits_all=True)
             self._scorer = Llama(**kwargs)
+            if self.active_adapter is not None:
+                self._apply_lora(self._scorer, self.active_adapter)
         return self._scorer
 
     def logprobs(self, sequences: Sequence[Sequence[int]]) -> list[np.ndarray]:
@@ -123,6 +134,42 @@ class LlamaCppLoaded(Loaded):
 
             return by_prefix(sequences, score)
 
+    # -- LoRA adapters: llama.cpp applies them at run time, without merging them into the weights --
+    def _load_adapter(self, path: Path, name: str) -> None:
+        _check_lora_file(path)
+        self._lora[name] = {}
+        try:
+            self._lora_handle(self._model(), name, path)
+        except InvalidModel:
+            del self._lora[name]
+            raise
+
+    def _lora_handle(self, llama: Llama, name: str, path: Path | None = None) -> Any:
+        handles = self._lora[name]
+        if id(llama) not in handles:
+            handles[id(llama)] = _init_lora(llama, path or Path(self._adapters[name]), self.target.path.name)
+        return handles[id(llama)]
+
+    def _apply_lora(self, llama: Llama, name: str | None) -> None:
+        if name is None:
+            rc = llama_cpp.llama_set_adapters_lora(llama.ctx, None, 0, None)
+        else:
+            adapters = (llama_cpp.llama_adapter_lora_p_ctypes * 1)(self._lora_handle(llama, name))
+            rc = llama_cpp.llama_set_adapters_lora(llama.ctx, adapters, 1, (ctypes.c_float * 1)(1.0))
+        if rc != 0:
+            raise ToolkitError(f"llama.cpp could not set the LoRA adapter {name!r} (llama_set_adapters_lora returned {rc})")
+        # The KV cache, which Llama.generate reuses for a shared prompt prefix, was computed with the
+        # previous adapter: drop it.
+        llama.reset()
+
+    def _set_adapter(self, name: str | None) -> None:
+        for llama in {id(x): x for x in (self.llama, self._scorer) if x is not None}.values():
+            self._apply_lora(llama, name)
+
+    def _remove_adapter(self, name: str) -> None:
+        for handle in self._lora.pop(name).values():
+            llama_cpp.llama_adapter_lora_free(handle)
+
     def weights_bytes(self) -> int:
         from toolkit.inspect import read_gguf
 
@@ -130,7 +177,7 @@ class LlamaCppLoaded(Loaded):
 
     def _unload(self) -> None:
         for llama in {id(x): x for x in (self.llama, self._scorer) if x is not None}.values():
-            llama.close()
+            llama.close()  # frees its model's LoRA adapters too
         self.llama = None
         self._scorer = None
 
@@ -150,10 +197,63 @@ def _check_file(path: Path) -> None:
                                "from llama.cpp's convert scripts")
 
 
+def _check_lora_file(path: Path) -> None:
+    if not path.exists():
+        raise ModelNotFound(f"LoRA adapter {path} does not exist: pass a GGUF LoRA file")
+    if path.is_dir():
+        hint = (": it is a peft adapter; convert it with llama.cpp's convert_lora_to_gguf.py --base <model folder>"
+                if (path / "adapter_config.json").exists() else "")
+        raise InvalidModel(f"the llamacpp backend loads a LoRA adapter from a GGUF file, but {path} is a folder{hint}")
+    with open(path, "rb") as f:
+        if f.read(4) != b"GGUF":
+            raise InvalidModel(f"{path.name} is not a GGUF file (bad magic): the llamacpp backend needs a GGUF LoRA "
+                               "adapter from llama.cpp's convert_lora_to_gguf.py")
+
+
+def _init_lora(llama: Llama, path: Path, model: str) -> Any:
+    """``llama_adapter_lora_init``, with llama.cpp's own words (its log) in the error when it refuses."""
+    from llama_cpp import _logger
+
+    said: list[str] = []
+
+    @llama_cpp.llama_log_callback
+    def capture(level: int, text: bytes, user_data: ctypes.c_void_p) -> None:
+        if level in (3, 4):  # GGML_LOG_LEVEL_WARN, _ERROR in this ggml (llama_cpp._logger's table is older)
+            said.append(text.decode("utf-8", errors="replace").strip())
+
+    llama_cpp.llama_log_set(capture, ctypes.c_void_p(0))
+    try:
+        adapter = llama_cpp.llama_adapter_lora_init(llama.model, str(path).encode("utf-8"))
+    finally:
+        llama_cpp.llama_log_set(_logger.llama_log_callback, ctypes.c_void_p(0))
+    if not adapter:
+        raise InvalidModel(f"llama.cpp could not load the LoRA adapter {path.name} for {model}: "
+                           f"{' '.join(said) or 'it did not say why'}. A LoRA adapter must be a GGUF LoRA made for this "
+                           "model's architecture and dimensions")
+    return adapter
+
+
+def _load_error(path: Path, exc: Exception) -> str:
+    """Why llama.cpp refused a GGUF file whose header toolkit could read, and what to do."""
+    import llama_cpp
+
+    from toolkit.inspect import read_gguf
+
+    try:
+        arch = read_gguf(path)["metadata"].get("general.architecture")
+        what = f" (architecture {arch!r})"
+    except Exception:  # the header itself is unreadable: the message below still applies
+        what = ""
+    return (f"llama.cpp could not load {path.name}{what}: {' '.join(str(exc).split()).rstrip('.')}. The file may be corrupt, or its architecture or "
+            f"tensor types may be newer than this llama-cpp-python {llama_cpp.__version__}: re-download the file, "
+            "or upgrade llama-cpp-python (pip install -U llama-cpp-python)")
+
+
 def load(target: LoadTarget) -> LlamaCppLoaded:
     """Load a GGUF file with llama-cpp-python.
 
-    Options: ``n_threads`` (default: :func:`toolkit.backends.base.default_threads` of the file size), ``lora_path``,
+    Options: ``n_threads`` (default: :func:`toolkit.backends.base.default_threads` of the file size), ``lora_path``
+    (a GGUF LoRA adapter, loaded and set active: see ``Loaded.load_adapter``),
     ``logprobs`` (make the main context keep every position's logits), ``n_batch``.
     """
     path = Path(target.path)
@@ -170,17 +270,21 @@ def load(target: LoadTarget) -> LlamaCppLoaded:
         verbose=bool(opts.get("verbose", False)))
     if opts.get("n_batch"):
         kwargs["n_batch"] = int(opts["n_batch"])
-    if opts.get("lora_path"):
-        lora = Path(opts["lora_path"])
-        if not lora.is_file():
-            raise ModelNotFound(f"LoRA adapter {lora} does not exist: pass a GGUF LoRA file as options['lora_path']")
-        kwargs["lora_path"] = str(lora)
     start = time.perf_counter()
     try:
         llama = Llama(**kwargs)
     except ValueError as exc:
-        raise InvalidModel(f"llama.cpp could not load {path.name}: {exc}. The file may be corrupt or need a newer "
-                           "llama-cpp-python") from exc
+        from toolkit.errors import is_out_of_memory
+
+        if is_out_of_memory(exc):
+            raise  # toolkit.load reports it with the measured memory
+        raise InvalidModel(_load_error(path, exc)) from exc
     loaded = LlamaCppLoaded(target, llama, kwargs)
+    if opts.get("lora_path"):  # as load_adapter + set_adapter, so that set_adapter(None) can switch it off
+        try:
+            loaded.set_adapter(loaded.load_adapter(opts["lora_path"]))
+        except ToolkitError:
+            loaded.unload()
+            raise
     loaded.load_s = time.perf_counter() - start
     return loaded

@@ -2,23 +2,33 @@
 
 Runs on Apple silicon, and on Linux CPUs with ``mlx[cpu]``. Generation is a loop over
 ``mlx_lm.generate_step`` so every token is timed; logprobs come from one forward pass.
+
+LoRA adapters (mlx-lm's ``adapters.safetensors`` folders, or peft folders converted in memory by
+:func:`peft_to_mlx`) are held apart from the model; the active one is put in with mlx-lm's
+``linear_to_lora_layers`` and taken out with ``remove_lora_layers``, which puts the original
+layers back, so the base model's outputs return exactly.
 """
 
 from __future__ import annotations
 
+import json
+import math
+import os
 import time
 from pathlib import Path
 from typing import Any, Iterator, Sequence
 
 import mlx.core as mx
+import mlx.nn as nn
 import mlx_lm
 import numpy as np
 from mlx.utils import tree_flatten
 from mlx_lm.generate import generate_step
 from mlx_lm.sample_utils import make_sampler
+from mlx_lm.tuner.utils import linear_to_lora_layers, remove_lora_layers
 
 from toolkit.backends.base import GenerationConfig, HFTokenizerMixin, LoadTarget, Loaded, by_prefix, log_softmax
-from toolkit.errors import InvalidModel, InvalidSpec
+from toolkit.errors import InvalidModel, InvalidSpec, ModelNotFound
 
 
 class MLXLoaded(HFTokenizerMixin, Loaded):
@@ -29,6 +39,7 @@ class MLXLoaded(HFTokenizerMixin, Loaded):
         self.model = model
         self.tokenizer = tokenizer  # mlx_lm's TokenizerWrapper around the HF tokenizer
         self.eos_ids = set(int(t) for t in tokenizer.eos_token_ids)
+        self._lora: dict[str, tuple[dict[str, Any], dict[str, mx.array]]] = {}  # name -> (lora_parameters, weights)
 
     @property
     def vocab_size(self) -> int:
@@ -59,6 +70,45 @@ class MLXLoaded(HFTokenizerMixin, Loaded):
         return by_prefix(sequences, lambda seq: log_softmax(
             np.array(self.model(mx.array([seq]))[0, :-1].astype(mx.float32))))
 
+    # -- LoRA adapters ------------------------------------------------------------------------------
+    def _load_adapter(self, path: Path, name: str) -> None:
+        from toolkit.backends.base import check_adapter_fits
+
+        config, weights = read_adapter(path)
+        if config.get("fine_tune_type", "lora") != "lora":
+            raise InvalidModel(f"{path} is a {config['fine_tune_type']} adapter; toolkit runs LoRA adapters only")
+        params = config["lora_parameters"]
+        rank = int(params["rank"])
+        shapes: dict[str, list[int]] = {}
+        for key, w in weights.items():
+            module, leaf = key.rsplit(".", 1)
+            if leaf not in ("lora_a", "lora_b") or w.shape[1 if leaf == "lora_a" else 0] != rank:
+                raise InvalidModel(f"{path}: {key} {tuple(w.shape)} is not a rank-{rank} LoRA matrix")
+            shapes.setdefault(module, [0, 0])[leaf == "lora_b"] = w.shape[0 if leaf == "lora_a" else 1]
+        modules = dict(self.model.named_modules())
+
+        def layer_dims(module: str) -> tuple[int, int] | None:
+            layer = modules.get(module)
+            layer = getattr(layer, "linear", layer)  # the base layer inside an applied LoRALinear
+            if not isinstance(layer, (nn.Linear, nn.QuantizedLinear)):
+                return None
+            out_dims, in_dims = layer.weight.shape
+            return (in_dims * 32 // layer.bits if isinstance(layer, nn.QuantizedLinear) else in_dims), out_dims
+
+        check_adapter_fits(path, {k: (v[0], v[1]) for k, v in shapes.items()}, layer_dims, self.target.path.name)
+        self._lora[name] = (config, weights)
+
+    def _set_adapter(self, name: str | None) -> None:
+        remove_lora_layers(self.model)  # puts each LoRALinear's original layer back
+        if name is not None:
+            config, weights = self._lora[name]
+            linear_to_lora_layers(self.model, config["num_layers"], config["lora_parameters"])
+            self.model.load_weights(list(weights.items()), strict=False)
+            mx.eval(self.model.parameters())
+
+    def _remove_adapter(self, name: str) -> None:
+        del self._lora[name]
+
     def weights_bytes(self) -> int | None:
         if self.model is None:
             return None
@@ -88,8 +138,64 @@ def _check_folder(path: Path) -> None:
                            "with `python -m mlx_lm convert --hf-path ...`")
 
 
+def read_adapter(path: Path) -> tuple[dict[str, Any], dict[str, mx.array]]:
+    """An adapter folder as mlx-lm's ``adapter_config.json`` contents and weights: an mlx-lm folder
+    (``adapters.safetensors``) as it is, a peft folder through :func:`peft_to_mlx`."""
+    if not path.exists():
+        raise ModelNotFound(f"LoRA adapter {path} does not exist: pass an mlx-lm or peft adapter folder")
+    if path.is_dir() and (path / "adapters.safetensors").is_file():
+        config = json.loads((path / "adapter_config.json").read_text())
+        if "lora_parameters" not in config:
+            raise InvalidModel(f"{path}/adapter_config.json has no lora_parameters: it is not an mlx-lm adapter")
+        return config, mx.load(str(path / "adapters.safetensors"))
+    return peft_to_mlx(path)
+
+
+def peft_to_mlx(path: str | os.PathLike, out: str | os.PathLike | None = None
+                ) -> tuple[dict[str, Any], dict[str, mx.array]]:
+    """A peft LoRA folder in mlx-lm's adapter layout: the ``adapter_config.json`` contents and the
+    ``adapters.safetensors`` weights, also written to the folder ``out`` when given.
+
+    peft stores lora_A as (r, in) and lora_B as (out, r) and scales their product by
+    ``lora_alpha / r`` (``lora_alpha / sqrt(r)`` with rsLoRA); mlx-lm's LoRALinear holds
+    ``lora_a`` (in, r) and ``lora_b`` (r, out) and multiplies by ``scale``."""
+    from toolkit.backends.base import peft_adapter_config
+
+    path = Path(path)
+    config = peft_adapter_config(path, "mlx")
+    if config.get("rank_pattern") or config.get("alpha_pattern"):
+        raise InvalidModel(f"{path} gives some layers their own rank or alpha, which mlx-lm's one LoRA scale "
+                           "cannot express")
+    rank = int(config["r"])
+    scale = float(config["lora_alpha"]) / (math.sqrt(rank) if config.get("use_rslora") else rank)
+    weights: dict[str, mx.array] = {}
+    keys: set[str] = set()
+    for key, value in mx.load(str(path / "adapter_model.safetensors")).items():
+        name = key.removeprefix("base_model.model.")
+        for suffix, leaf in ((".lora_A.weight", "lora_a"), (".lora_B.weight", "lora_b")):
+            if name.endswith(suffix):
+                module = name[: -len(suffix)]
+                weights[f"{module}.{leaf}"] = value.T
+                parts = module.split(".")  # mlx-lm names modules inside each transformer block
+                keys.add(".".join(parts[3:]) if parts[1:2] == ["layers"] else module)
+                break
+        else:
+            raise InvalidModel(f"{path} holds {key}, which is not a LoRA matrix (trained embeddings or "
+                               "modules_to_save): mlx-lm's LoRA layers cannot apply it")
+    mx.eval(list(weights.values()))
+    mlx_config = {"fine_tune_type": "lora", "num_layers": -1,  # -1: every transformer block
+                  "lora_parameters": {"rank": rank, "scale": scale, "dropout": 0.0, "keys": sorted(keys)}}
+    if out is not None:
+        out = Path(out)
+        out.mkdir(parents=True, exist_ok=True)
+        mx.save_safetensors(str(out / "adapters.safetensors"), weights)
+        (out / "adapter_config.json").write_text(json.dumps(mlx_config, indent=2) + "\n")
+    return mlx_config, weights
+
+
 def load(target: LoadTarget) -> MLXLoaded:
-    """Load a local HF or MLX folder with mlx-lm. ``options["adapter_path"]`` applies LoRA adapters."""
+    """Load a local HF or MLX folder with mlx-lm. ``options["adapter_path"]`` loads a LoRA adapter
+    and makes it active (see ``Loaded.load_adapter``)."""
     path = Path(target.path)
     _check_folder(path)
     if target.quantization not in ("none", None, "mlx-4bit", "mlx-8bit", "mlx-3bit", "mlx-6bit"):
@@ -97,16 +203,21 @@ def load(target: LoadTarget) -> MLXLoaded:
                           "model with `python -m mlx_lm convert -q` and load that folder with quantization='none'")
     start = time.perf_counter()
     try:
-        model, tokenizer = mlx_lm.load(str(path), adapter_path=target.options.get("adapter_path"),
-                                       trust_remote_code=target.trust_remote_code)
+        model, tokenizer = mlx_lm.load(str(path), trust_remote_code=target.trust_remote_code)
     except (ValueError, FileNotFoundError) as exc:
-        raise InvalidModel(f"mlx-lm could not load {path}: {exc}") from exc
+        from importlib.metadata import version
+
+        raise InvalidModel(f"mlx-lm {version('mlx-lm')} could not load {path.name}: {' '.join(str(exc).split()).rstrip('.')}. "
+                           "If its architecture is newer than this mlx-lm, upgrade it (pip install -U mlx-lm) or use "
+                           "--backend hf; if a file is corrupt or missing, re-download the model") from exc
     if target.dtype in ("float16", "bfloat16", "float32"):
         dtype = getattr(mx, target.dtype)
         # Cast only floating-point weights; packed quantized weights are uint32 and stay as they are.
         model.update(_cast_tree(model.parameters(), dtype))
         mx.eval(model.parameters())
     loaded = MLXLoaded(target, model, tokenizer)
+    if target.options.get("adapter_path"):
+        loaded.set_adapter(loaded.load_adapter(target.options["adapter_path"]))
     loaded.load_s = time.perf_counter() - start
     return loaded
 

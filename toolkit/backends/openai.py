@@ -18,6 +18,9 @@ What depends on the server:
 * ``logprobs`` uses ``echo`` + ``logprobs`` on ``/v1/completions``: servers return only the top-k
   entries per position (``options["top_logprobs"]``, default 20), so each row holds those entries
   renormalised to sum to 1 and ``-inf`` elsewhere. A server that cannot echo raises ToolkitError.
+* LoRA adapters (``load_adapter`` / ``set_adapter``) use vLLM's ``/v1/load_lora_adapter`` and
+  ``/v1/unload_lora_adapter`` (``vllm serve --enable-lora`` with ``VLLM_ALLOW_RUNTIME_LORA_UPDATING=True``)
+  and send the active adapter's name as the request's model; other servers answer with an error.
 """
 
 from __future__ import annotations
@@ -80,6 +83,7 @@ class _Request(list):
 
 class OpenAILoaded(Loaded):
     backend = "openai"
+    native_batching = True  # concurrent requests, which a batching server (vLLM, SGLang) batches
 
     def __init__(self, target: LoadTarget, base_url: str, api_key: str | None, timeout: float) -> None:
         super().__init__(target)
@@ -358,15 +362,16 @@ class OpenAILoaded(Loaded):
             self._piece_ids[piece] = ids[0] if len(ids) == 1 else None
         return self._piece_ids[piece]
 
-    # -- adapters (vLLM) ----------------------------------------------------------------------------
-    def load_lora_adapter(self, name: str, path: str | os.PathLike) -> None:
-        """Ask a vLLM server (started with ``--enable-lora``) to load an adapter; then pass ``name`` as the
-        model name of a new ``load(name, backend="openai", ...)``."""
-        self._check_open()
+    # -- LoRA adapters (vLLM servers) -----------------------------------------------------------------
+    # vLLM serves each loaded adapter as a model of its own name: the active adapter's name becomes
+    # the request's "model"; ``path`` is read by the server, on its machine.
+    def _load_adapter(self, path: Path, name: str) -> None:
         self._post_text("/load_lora_adapter", {"lora_name": name, "lora_path": str(path)})
 
-    def unload_lora_adapter(self, name: str) -> None:
-        self._check_open()
+    def _set_adapter(self, name: str | None) -> None:
+        self.model_name = name or str(self.target.path)
+
+    def _remove_adapter(self, name: str) -> None:
         self._post_text("/unload_lora_adapter", {"lora_name": name})
 
     def _post_text(self, path: str, body: dict[str, Any]) -> str:
@@ -374,8 +379,9 @@ class OpenAILoaded(Loaded):
             with self._open(self.base_url + path, body) as response:
                 return response.read().decode("utf-8", errors="replace")
         except _HTTPError as exc:
-            raise ToolkitError(f"{exc}. Adapters need vLLM started with --enable-lora and "
-                               "VLLM_ALLOW_RUNTIME_LORA_UPDATING=True") from None
+            raise ToolkitError(f"{exc}. (LoRA adapters on an OpenAI-compatible server need vLLM started with "
+                               "--enable-lora and VLLM_ALLOW_RUNTIME_LORA_UPDATING=True; the server reads the "
+                               "adapter path on its own machine.)") from None
 
     def models(self) -> list[str]:
         """Model names the server serves."""

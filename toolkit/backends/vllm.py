@@ -24,8 +24,12 @@ What it does
     * Quantization: ``bnb-4bit`` loads with ``quantization="bitsandbytes"``; prequantized GPTQ / AWQ
       / compressed-tensors checkpoints are detected by vLLM from their config (passing a method would
       force a slower kernel on GPUs); ``target.options['vllm_quantization']`` forces one.
-    * LoRA: ``target.options['lora'] = "path/to/adapter"`` starts the engine with LoRA enabled and
-      applies the adapter to every request.
+    * LoRA: ``options['enable_lora'] = True`` (or ``options['lora'] = "path/to/peft-adapter"``, which
+      also loads that adapter and makes it active) starts the engine with LoRA enabled
+      (``max_lora_rank``, default 16, bounds the adapters' rank). ``load_adapter`` registers a
+      ``LoRARequest`` and has the engine load it at once (so a bad adapter fails there, not at the
+      next generation); ``set_adapter`` picks the request attached to stream / generate_batch /
+      logprobs. vLLM's prefix cache is keyed by adapter, so nothing cached crosses adapters.
     * ``target.options['worker_process'] = True`` runs the whole engine in a child process behind a
       small queue-based proxy: ``unload()`` ends that process, so its memory really goes back to the
       system (vLLM does not free everything in-process, a long-standing complaint in notebooks).
@@ -67,6 +71,7 @@ _STORED_BYTES = {"F64": 8, "F32": 4, "F16": 2, "BF16": 2, "I64": 8, "I32": 4, "U
 
 class VLLMLoaded(HFTokenizerMixin, Loaded):
     backend = "vllm"
+    native_batching = True
     streams_tokens = True  # tokens arrive one engine step at a time: TTFT is measured, not estimated
 
     def __init__(self, target: LoadTarget, llm: Any, config: dict[str, Any], dtype: str, max_logprobs: int) -> None:
@@ -79,7 +84,8 @@ class VLLMLoaded(HFTokenizerMixin, Loaded):
         self.max_logprobs = max_logprobs
         self._vocab = int(config.get("vocab_size") or len(self.tokenizer))
         self.logprobs_top_k = min(max_logprobs, self._vocab)
-        self.lora_request = _lora_request(target)
+        self.lora_request: Any = None  # the active adapter's LoRARequest, attached to every request
+        self._lora_requests: dict[str, Any] = {}
 
     @property
     def vocab_size(self) -> int:
@@ -206,6 +212,36 @@ class VLLMLoaded(HFTokenizerMixin, Loaded):
                 results[seq] = _rows(out.prompt_logprobs, len(seq), vocab, full=k >= vocab)
         return [results[s] for s in seqs]
 
+    # -- LoRA adapters ------------------------------------------------------------------------------
+    def _load_adapter(self, path: Path, name: str) -> None:
+        from vllm.lora.request import LoRARequest
+
+        from toolkit.backends.base import peft_adapter_config
+
+        lora_config = self.llm.llm_engine.vllm_config.lora_config
+        if lora_config is None:
+            raise InvalidSpec("this vLLM engine was started without LoRA support: load the model with "
+                              "options={'enable_lora': True} (and 'max_lora_rank' at least the adapters' rank)")
+        config = peft_adapter_config(path, self.backend)
+        if int(config.get("r", 0)) > lora_config.max_lora_rank:
+            raise InvalidSpec(f"{path.name} has rank {config['r']} but this engine takes up to max_lora_rank="
+                              f"{lora_config.max_lora_rank}: load the model with options={{'max_lora_rank': {config['r']}}}")
+        _check_adapter_shapes(path, self.target.path)
+        ids = [r.lora_int_id for r in self._lora_requests.values()]
+        request = LoRARequest(lora_name=name, lora_int_id=max(ids, default=0) + 1, lora_path=str(path))
+        try:
+            self.llm.llm_engine.add_lora(request)  # load now: errors surface here, not mid-generation
+        except Exception as exc:  # noqa: BLE001 - vLLM raises many types; keep its words
+            raise InvalidModel(f"vLLM could not load the LoRA adapter {path} for {self.target.path.name}: "
+                               f"{type(exc).__name__}: {exc}") from exc
+        self._lora_requests[name] = request
+
+    def _set_adapter(self, name: str | None) -> None:
+        self.lora_request = self._lora_requests[name] if name is not None else None
+
+    def _remove_adapter(self, name: str) -> None:
+        self.llm.llm_engine.remove_lora(self._lora_requests.pop(name).lora_int_id)
+
     def weights_bytes(self) -> int | None:
         return checkpoint_bytes(self.target.path, self.dtype)
 
@@ -236,6 +272,26 @@ class VLLMLoaded(HFTokenizerMixin, Loaded):
                 torch.cuda.empty_cache()
         except Exception:  # noqa: BLE001
             pass
+
+
+def _check_adapter_shapes(adapter: Path, model: Path) -> None:
+    """Check a peft adapter's layer shapes against the checkpoint's weights (safetensors headers only).
+    vLLM 0.32 loads an adapter made for other dimensions without a word and generates with it.
+    Layers not stored as a plain ``<name>.weight`` (GPTQ/AWQ ``qweight``, renamed keys) are left to vLLM."""
+    from toolkit.backends.base import check_adapter_fits, peft_lora_shapes
+    from toolkit.inspect import read_safetensors_header
+
+    stored: dict[str, list[int]] = {}
+    for file in sorted(model.glob("*.safetensors")):
+        stored.update({k: v["shape"] for k, v in read_safetensors_header(file).items()})
+    wanted = {name: dims for name, dims in peft_lora_shapes(adapter).items()
+              if len(stored.get(f"{name}.weight", ())) == 2}
+
+    def layer_dims(name: str) -> tuple[int, int]:
+        out_features, in_features = stored[f"{name}.weight"]
+        return in_features, out_features
+
+    check_adapter_fits(adapter, wanted, layer_dims, model.name)
 
 
 def _finish_reason(comp: Any) -> str:
@@ -272,15 +328,6 @@ def _rows(prompt_logprobs: Any, n: int, vocab: int, full: bool) -> np.ndarray:
             vals = vals - (top + np.log(np.exp(vals[finite] - top).sum()))
         rows[i - 1, ids] = vals.astype(np.float32)
     return rows
-
-
-def _lora_request(target: LoadTarget) -> Any:
-    path = target.options.get("lora")
-    if not path:
-        return None
-    from vllm.lora.request import LoRARequest
-
-    return LoRARequest(lora_name=Path(path).name or "adapter", lora_int_id=1, lora_path=str(path))
 
 
 def _children_rss() -> int:
@@ -376,14 +423,15 @@ def _load_in_process(target: LoadTarget) -> VLLMLoaded:
     max_len = min(int(target.max_context or DEFAULT_MAX_LEN), int(positions))
     vocab = int(config.get("vocab_size") or 0)
     max_logprobs = int(target.options.get("max_logprobs", vocab or 20))
+    lora = bool(target.options.get("lora") or target.options.get("enable_lora"))
     kwargs: dict[str, Any] = dict(
         model=str(path), dtype=dtype, max_model_len=max_len, quantization=quantization,
         tensor_parallel_size=int(target.tensor_parallel or 1),
         gpu_memory_utilization=float(target.options.get("gpu_memory_utilization", 0.9)),
         enforce_eager=bool(target.options.get("enforce_eager", device == "cpu")),
-        enable_lora=bool(target.options.get("lora")), trust_remote_code=target.trust_remote_code,
+        enable_lora=lora, trust_remote_code=target.trust_remote_code,
         max_logprobs=max_logprobs, seed=int(target.options.get("seed", 0)))
-    if target.options.get("lora") and target.options.get("max_lora_rank"):
+    if lora and target.options.get("max_lora_rank"):
         kwargs["max_lora_rank"] = int(target.options["max_lora_rank"])
     kwargs.update(target.options.get("engine_args") or {})  # anything else for vllm.LLM(...)
 
@@ -395,6 +443,12 @@ def _load_in_process(target: LoadTarget) -> VLLMLoaded:
     except Exception as exc:  # noqa: BLE001 - vLLM raises many types; keep its words
         raise LoadFailed(_load_error(exc, target, config, device)) from exc
     loaded = VLLMLoaded(target, llm, config, dtype, max_logprobs)
+    if target.options.get("lora"):
+        try:
+            loaded.set_adapter(loaded.load_adapter(target.options["lora"]))
+        except ToolkitError:
+            loaded.unload()
+            raise
     loaded.load_s = time.perf_counter() - start
     return loaded
 
@@ -418,7 +472,10 @@ def _worker_main(target: LoadTarget, requests: Any, replies: Any) -> None:
     """Child process: load in-process, then serve calls from the proxy until told to exit."""
     os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")  # one process to end, not two
     try:
-        loaded = _load_in_process(replace(target, options={**target.options, "worker_process": False}))
+        # options['lora'] is loaded by the parent (load_adapter through the proxy), so both sides know it
+        options = {**target.options, "worker_process": False, "lora": None,
+                   "enable_lora": bool(target.options.get("lora") or target.options.get("enable_lora"))}
+        loaded = _load_in_process(replace(target, options=options))
     except BaseException as exc:  # noqa: BLE001 - sent to the parent
         replies.put(("err", _portable(exc)))
         return
@@ -470,6 +527,7 @@ class VLLMProcessLoaded(Loaded):
     ``unload()`` asks the child to shut down and ends it, so all of its memory is returned."""
 
     backend = "vllm"
+    native_batching = True
     streams_tokens = True
 
     def __init__(self, target: LoadTarget) -> None:
@@ -497,6 +555,12 @@ class VLLMProcessLoaded(Loaded):
         self._info = info
         self.logprobs_top_k = info["logprobs_top_k"]
         self.max_model_len = info["max_model_len"]
+        if target.options.get("lora"):
+            try:
+                self.set_adapter(self.load_adapter(target.options["lora"]))
+            except BaseException:
+                self.unload()
+                raise
         self.load_s = time.perf_counter() - start
 
     @property
@@ -560,6 +624,15 @@ class VLLMProcessLoaded(Loaded):
 
     def logprobs(self, sequences: Sequence[Sequence[int]]) -> list[np.ndarray]:
         return self._call("call", "logprobs", [list(s) for s in sequences])
+
+    def _load_adapter(self, path: Path, name: str) -> None:
+        self._call("call", "load_adapter", path, name)
+
+    def _set_adapter(self, name: str | None) -> None:
+        self._call("call", "set_adapter", name)
+
+    def _remove_adapter(self, name: str) -> None:
+        self._call("call", "remove_adapter", name)
 
     def weights_bytes(self) -> int | None:
         return self._call("call", "weights_bytes")

@@ -1,0 +1,81 @@
+"""Run by tests/test_memory_faults.py in a fresh interpreter: exhaust memory under ``ulimit -v``
+(RLIMIT_AS) during a load or a generation and print what toolkit made of it as one JSON line.
+
+    python tests/_oom_worker.py generation|load|load-fallback
+"""
+
+from __future__ import annotations
+
+import json
+import resource
+import sys
+
+import toolkit
+from toolkit.backends import LoadTarget, load_target
+from toolkit.errors import LoadFailed, OutOfMemory
+from toolkit.tiny import BASE
+from toolkit.trackers import rss_bytes
+
+HEADROOM = 24 * 2**20  # address space left above the current mapping when the limit is set
+PROMPT = "def add(a, b):\n"
+
+
+def vm_size() -> int:
+    with open("/proc/self/status") as f:
+        return next(int(line.split()[1]) * 1024 for line in f if line.startswith("VmSize:"))
+
+
+def limit(on: bool) -> None:
+    soft = vm_size() + HEADROOM if on else resource.RLIM_INFINITY
+    resource.setrlimit(resource.RLIMIT_AS, (soft, resource.RLIM_INFINITY))
+
+
+def main(phase: str) -> dict:
+    plan = toolkit.plan(BASE, "cpu:8GiB", backend="hf", quantization="none", dtype="float32")
+    # A first load and unload imports every module the load needs: an allocation failure inside an
+    # import leaves that module half-initialised, which is not what this test is about.
+    with toolkit.load(plan, fallback=False) as model:
+        expected = model.generate(PROMPT, max_tokens=8, ignore_eos=True).text
+    out: dict = {"phase": phase, "expected": expected}
+    error: Exception | None = None
+    if phase == "generation":
+        model = toolkit.load(plan, fallback=False)
+        # Eight prompts of 2030 tokens decoded together: each prefill activation (8 x 2030 x 688
+        # floats in the MLP, 8 x 4 x 2030^2 attention scores) is far beyond HEADROOM.
+        long_prompt = list(range(10, 2040))
+        out["rss_before"] = rss_bytes()
+        limit(True)
+        try:
+            model.generate_batch([long_prompt] * 8, max_tokens=4, ignore_eos=True)
+        except Exception as exc:  # noqa: BLE001 - reported to the test
+            error = exc
+        limit(False)
+        out["rss_after"] = rss_bytes()
+        out["again"] = model.generate(PROMPT, max_tokens=8, ignore_eos=True).text
+        model.unload()
+    else:
+        out["rss_before"] = rss_bytes()
+        limit(True)
+        try:
+            if phase == "load":
+                toolkit.load(plan, fallback=False)
+            else:  # every fitting alternative is tried, and each runs out too
+                toolkit.load(BASE, device="cpu:8GiB")
+        except Exception as exc:  # noqa: BLE001 - reported to the test
+            error = exc
+        limit(False)
+        out["rss_after"] = rss_bytes()
+        with load_target(LoadTarget(path=BASE, backend="hf", dtype="float32")) as model:
+            out["again"] = model.generate(PROMPT, max_tokens=8, ignore_eos=True).text
+    out["error_type"] = type(error).__name__ if error else None
+    out["message"] = str(error) if error else None
+    if isinstance(error, OutOfMemory):
+        out.update(measured=error.measured, suggestion=error.suggestion, error_phase=error.phase)
+    if isinstance(error, LoadFailed):
+        out["attempts"] = error.attempts
+        out["exit_code"] = error.exit_code
+    return out
+
+
+if __name__ == "__main__":
+    print("@@RESULT " + json.dumps(main(sys.argv[1])), flush=True)
