@@ -67,8 +67,11 @@ def test_out_of_memory_during_generation_is_explained_and_released():
     measured = out["measured"]
     assert measured["requested_bytes"] > 0 and measured["rss_before_bytes"] > 0
     assert measured["predicted_bytes"] > 0  # the plan the model was loaded with
-    # Memory is released: the failed prefill leaves less than 16 MiB behind, and the model still works.
-    assert out["rss_after"] - out["rss_before"] < 16 * MiB, out
+    # Memory is released: three failures in a row leave less than 32 MiB behind in all (measured
+    # +7, +23, +23 MiB: one ~16 MB block the C allocator keeps), the third nothing more than the
+    # second, and the model still works.
+    assert max(out["rss_after_each"]) - out["rss_before"] < 32 * MiB, out
+    assert out["rss_after_each"][2] - out["rss_after_each"][1] < 4 * MiB, out
     assert out["again"] == out["expected"]
 
 

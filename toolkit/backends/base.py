@@ -433,6 +433,8 @@ class Loaded:
                 return
             self._unload()
             self._closed = True
+            self._adapters.clear()
+            self._active_adapter = None
         from toolkit.trackers import release_memory
 
         release_memory()
