@@ -67,10 +67,11 @@ def test_out_of_memory_during_generation_is_explained_and_released():
     measured = out["measured"]
     assert measured["requested_bytes"] > 0 and measured["rss_before_bytes"] > 0
     assert measured["predicted_bytes"] > 0  # the plan the model was loaded with
-    # Memory is released: three failures in a row leave less than 32 MiB behind in all (measured
-    # +7, +23, +23 MiB: one ~16 MB block the C allocator keeps), the third nothing more than the
-    # second, and the model still works.
-    assert max(out["rss_after_each"]) - out["rss_before"] < 32 * MiB, out
+    # Memory is released: three failures in a row do not accumulate (the third adds nothing to the
+    # second), what stays is bounded (measured +7/+23/+23 MiB in one run, +17/+41/+41 in a fresh-clone
+    # CI run: blocks of the failed prefill's size that the C allocator and oneDNN keep for reuse), and
+    # the model still works.
+    assert max(out["rss_after_each"]) - out["rss_before"] < 64 * MiB, out
     assert out["rss_after_each"][2] - out["rss_after_each"][1] < 4 * MiB, out
     assert out["again"] == out["expected"]
 
