@@ -45,7 +45,7 @@ def main(phase: str) -> dict:
         long_prompt = list(range(10, 2040))
         out["rss_before"] = rss_bytes()
         out["rss_after_each"] = []
-        for _ in range(3):  # a failure that leaked would grow the process each time
+        for _ in range(5):  # a failure that leaked would grow the process each time
             limit(True)
             try:
                 model.generate_batch([long_prompt] * 8, max_tokens=4, ignore_eos=True)

@@ -67,12 +67,12 @@ def test_out_of_memory_during_generation_is_explained_and_released():
     measured = out["measured"]
     assert measured["requested_bytes"] > 0 and measured["rss_before_bytes"] > 0
     assert measured["predicted_bytes"] > 0  # the plan the model was loaded with
-    # Memory is released: three failures in a row do not accumulate (the third adds nothing to the
-    # second), what stays is bounded (measured +7/+23/+23 MiB in one run, +17/+41/+41 in a fresh-clone
-    # CI run: blocks of the failed prefill's size that the C allocator and oneDNN keep for reuse), and
-    # the model still works.
+    # Memory is released: five failures in a row stay within 64 MiB of the start in all (a leak of
+    # the failed prefill's ~16-66 MB allocations would pass that by the fifth). What stays varies
+    # between runs (measured +7..+41 MiB, not growing from one failure to the next): blocks the C
+    # allocator and oneDNN keep for reuse. And the model still works.
+    assert len(out["rss_after_each"]) == 5
     assert max(out["rss_after_each"]) - out["rss_before"] < 64 * MiB, out
-    assert out["rss_after_each"][2] - out["rss_after_each"][1] < 4 * MiB, out
     assert out["again"] == out["expected"]
 
 
