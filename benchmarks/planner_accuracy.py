@@ -18,8 +18,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -27,6 +25,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
+
+from benchmarks._worker import run_worker  # noqa: E402
 
 MiB = 2**20
 NEW_TOKENS = 16
@@ -108,24 +108,13 @@ def worker(variant: str, backend: str, quantization: str | None, context: int, s
 
 def run_case(label: str, variant: str, backend: str, quantization: str | None, context: int, seed: int,
              timeout: float) -> dict:
-    cmd = [sys.executable, str(Path(__file__).resolve()), "--worker", variant, "--backend", backend,
-           "--context", str(context), "--seed", str(seed)]
+    args = ["--worker", variant, "--backend", backend, "--context", str(context), "--seed", str(seed)]
     if quantization:
-        cmd += ["--quantization", quantization]
-    env = dict(os.environ, PYTHONPATH=str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""),
-               TOKENIZERS_PARALLELISM="false")
+        args += ["--quantization", quantization]
     row: dict = {"variant": label, "tiny": variant, "backend": backend}
-    try:
-        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=env, cwd=str(ROOT))
-    except subprocess.TimeoutExpired:
-        row["error"] = f"timed out after {timeout:.0f}s"
+    row.update(run_worker(str(Path(__file__).resolve()), args, timeout))
+    if row.get("error"):
         return row
-    lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("@@RESULT ")]
-    if proc.returncode != 0 or not lines:
-        tail = (proc.stderr or proc.stdout).strip().splitlines()[-3:]
-        row["error"] = f"exit {proc.returncode}: " + " | ".join(tail)
-        return row
-    row.update(json.loads(lines[-1][len("@@RESULT "):]))
     pred = row["plan"]["memory"]["total_bytes"]
     meas = row["measured"]["peak_rss_bytes"]
     row["predicted_bytes"] = pred

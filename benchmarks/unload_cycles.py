@@ -15,8 +15,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -24,6 +22,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
+
+from benchmarks._worker import run_worker  # noqa: E402
 
 MiB = 2**20
 # label: (backend, tiny variant or None for the base folder, quantization, dtype, import to warm)
@@ -67,18 +67,8 @@ def worker(label: str, cycles: int) -> dict:
 
 
 def run_case(label: str, cycles: int, timeout: float) -> dict:
-    cmd = [sys.executable, str(Path(__file__).resolve()), "--worker", label, "--cycles", str(cycles)]
-    env = dict(os.environ, PYTHONPATH=str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""),
-               TOKENIZERS_PARALLELISM="false")
-    try:
-        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=env, cwd=str(ROOT))
-    except subprocess.TimeoutExpired:
-        return {"case": label, "error": f"timed out after {timeout:.0f}s"}
-    lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("@@RESULT ")]
-    if proc.returncode != 0 or not lines:
-        tail = (proc.stderr or proc.stdout).strip().splitlines()[-3:]
-        return {"case": label, "error": f"exit {proc.returncode}: " + " | ".join(tail)}
-    return json.loads(lines[-1][len("@@RESULT "):])
+    result = run_worker(str(Path(__file__).resolve()), ["--worker", label, "--cycles", str(cycles)], timeout)
+    return {"case": label, **result}
 
 
 def print_table(rows: list[dict], bound: int) -> None:

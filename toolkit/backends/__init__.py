@@ -168,8 +168,7 @@ def load(model: Any, backend: str | None = None, *, quantization: str | None = N
             if is_out_of_memory(exc) and not isinstance(exc, OutOfMemory):
                 oom = (type(exc).__name__, str(exc))  # handled below, once the traceback is gone
             else:
-                attempts.append({"backend": target.backend, "quantization": target.quantization,
-                                 "dtype": target.dtype, "error": f"{type(exc).__name__}: {exc}"})
+                attempts.append(_attempt(target, f"{type(exc).__name__}: {exc}"))
                 if (not fallback or isinstance(exc, INPUT_ERRORS)
                         or isinstance(exc, BackendUnavailable) and len(candidates) == 1):
                     raise
@@ -178,8 +177,7 @@ def load(model: Any, backend: str | None = None, *, quantization: str | None = N
             error = out_of_memory(oom[0], oom[1], phase="load", model=str(candidate.model), device=target.device,
                                   backend=target.backend, quantization=target.quantization, rss_before=before,
                                   predicted_bytes=candidate.memory.total_bytes)
-            attempts.append({"backend": target.backend, "quantization": target.quantization,
-                             "dtype": target.dtype, "error": f"OutOfMemory: {error}"})
+            attempts.append(_attempt(target, f"OutOfMemory: {error}"))
             if not fallback:
                 raise error
             continue
@@ -187,6 +185,10 @@ def load(model: Any, backend: str | None = None, *, quantization: str | None = N
         loaded.attempts = attempts
         return loaded
     raise load_failed(plan.model, attempts)
+
+
+def _attempt(target: LoadTarget, error: str) -> dict[str, Any]:
+    return {"backend": target.backend, "quantization": target.quantization, "dtype": target.dtype, "error": error}
 
 
 def _local(plan: Any, revision: str | None, allow_pickle: bool) -> Path:

@@ -262,6 +262,17 @@ class Loaded:
             self._remove_adapter(name)
             del self._adapters[name]
 
+    def _activate_load_option(self, path: str | os.PathLike | None) -> None:
+        """Load and apply the adapter a load option names (llamacpp ``lora_path``, mlx ``adapter_path``,
+        vllm ``lora``). An adapter that fails fails the load: the model is unloaded again."""
+        if not path:
+            return
+        try:
+            self.set_adapter(self.load_adapter(path))
+        except BaseException:
+            self.unload()
+            raise
+
     def _known_adapter(self, name: str | None) -> None:
         if name is not None and name not in self._adapters:
             from toolkit.errors import InvalidSpec
@@ -324,16 +335,12 @@ class Loaded:
                 generated += len(new_ids)
                 text += new_text
                 end = len(text)
-                if config.stop:
-                    cut = _find_stop(text, config.stop)
-                    if cut is not None:
-                        end, finish = cut, "stop"
-                    else:  # hold back a tail that could still grow into a stop string
-                        end = len(text) - _stop_prefix_len(text, config.stop)
-                if finish is None and hit_eos and not config.ignore_eos:
-                    finish = "eos"
-                if finish is None and generated >= config.max_tokens:
-                    finish = "length"
+                cut = _find_stop(text, config.stop) if config.stop else None
+                if cut is not None:
+                    end = cut
+                elif config.stop:  # hold back a tail that could still grow into a stop string
+                    end = len(text) - _stop_prefix_len(text, config.stop)
+                finish = finish_reason(cut is not None, hit_eos, generated, config)
                 if finish is not None and finish != "stop":
                     end = len(text)  # nothing more will come: release what was held back
                 rate = (generated - 1) / (now - ttft) if generated > 1 and now > ttft else 0.0
@@ -541,6 +548,18 @@ def _config(config: GenerationConfig | None, options: dict[str, Any]) -> Generat
 
         return replace(config, **options)
     return config
+
+
+def finish_reason(stopped: bool, hit_eos: bool, generated: int, config: GenerationConfig) -> str | None:
+    """Why a generation ends after this token, or None: a stop string, then EOS (unless ignored),
+    then ``max_tokens``."""
+    if stopped:
+        return "stop"
+    if hit_eos and not config.ignore_eos:
+        return "eos"
+    if generated >= config.max_tokens:
+        return "length"
+    return None
 
 
 def _find_stop(text: str, stops: tuple[str, ...]) -> int | None:

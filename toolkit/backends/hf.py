@@ -18,7 +18,8 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from toolkit.backends.base import (GenerationConfig, GenerationResult, HFTokenizerMixin, LoadTarget,
-                                   Loaded, Prompt, _config, _find_stop, by_prefix, default_threads, log_softmax)
+                                   Loaded, Prompt, _config, _find_stop, by_prefix, default_threads, finish_reason,
+                                   log_softmax)
 from toolkit.errors import InvalidModel, InvalidSpec, UnsafeCheckpoint
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
@@ -47,16 +48,13 @@ def _quantization_config(quantization: str, dtype: torch.dtype | str) -> Any:
     raise InvalidSpec(f"unknown bitsandbytes quantization {quantization!r}: use bnb-4bit or bnb-8bit")
 
 
-def check_safe_folder(path: Path, allow_pickle: bool) -> None:
-    """Refuse folders whose only weights are pickles (they can run code when unpickled)."""
+def check_model_folder(path: Path) -> None:
+    """A folder with a config.json (pickle-only folders are refused before, in ``load_target``)."""
     if not path.is_dir():
         raise InvalidModel(f"the hf backend loads a model folder, but {path} is not a folder "
                            "(for a .gguf file use backend='llamacpp')")
     if not (path / "config.json").exists():
         raise InvalidModel(f"{path} has no config.json: point at the folder that holds the model's config.json")
-    from toolkit.backends import check_pickles
-
-    check_pickles(path, allow_pickle)
 
 
 PREQUANTIZED = ("gptq-", "awq-", "ct-")
@@ -74,7 +72,7 @@ def check_prequantized(path: Path, quantization: str | None) -> None:
     try:
         found, _ = quantization_from_config(json.loads((path / "config.json").read_text()))
     except (OSError, ValueError):
-        return  # check_safe_folder and transformers report an unreadable config
+        return  # check_model_folder and transformers report an unreadable config
     if found != quantization:
         raise InvalidModel(f"{path.name} is quantized as {found!r}, not {quantization!r}: a {quantization} load "
                            "needs a checkpoint made that way (toolkit.tiny builds them for the tiny model; "
@@ -102,10 +100,7 @@ class HFLoaded(HFTokenizerMixin, Loaded):
 
     @torch.inference_mode()
     def _stream(self, prompt_ids: list[int], config: GenerationConfig) -> Iterator[tuple[list[int], str, bool]]:
-        generator = None
-        if config.temperature > 0:
-            generator = torch.Generator(device=self.device)
-            generator.manual_seed(config.seed if config.seed is not None else torch.seed())
+        generator = _generator(config, self.device)
         input_ids = torch.tensor([prompt_ids], device=self.device)
         past = None
         generated: list[int] = []
@@ -148,10 +143,7 @@ class HFLoaded(HFTokenizerMixin, Loaded):
         for i, seq in enumerate(ids):
             tokens[i, width - len(seq):] = torch.tensor(seq, dtype=torch.long)
             mask[i, width - len(seq):] = 1
-        generator = None
-        if config.temperature > 0:
-            generator = torch.Generator(device=self.device)
-            generator.manual_seed(config.seed if config.seed is not None else torch.seed())
+        generator = _generator(config, self.device)
         out_ids: list[list[int]] = [[] for _ in ids]
         texts = [""] * n
         finish: list[str | None] = [None] * n
@@ -175,12 +167,7 @@ class HFLoaded(HFTokenizerMixin, Loaded):
                 text = self.tokenizer.decode(out_ids[i], skip_special_tokens=True)
                 cut = _find_stop(text, config.stop) if config.stop else None
                 texts[i] = text if cut is None else text[:cut]
-                if cut is not None:
-                    finish[i] = "stop"
-                elif token in self.eos_ids and not config.ignore_eos:
-                    finish[i] = "eos"
-                elif len(out_ids[i]) >= config.max_tokens:
-                    finish[i] = "length"
+                finish[i] = finish_reason(cut is not None, token in self.eos_ids, len(out_ids[i]), config)
                 if finish[i] is not None:
                     ends[i] = now
             if all(f is not None for f in finish):
@@ -245,6 +232,15 @@ class HFLoaded(HFTokenizerMixin, Loaded):
         gc.collect()
         if torch.cuda.is_available():
             torch.cuda.empty_cache()
+
+
+def _generator(config: GenerationConfig, device: torch.device) -> torch.Generator | None:
+    """The seeded sampling generator of a config, or None when decoding is greedy."""
+    if config.temperature <= 0:
+        return None
+    generator = torch.Generator(device=device)
+    generator.manual_seed(config.seed if config.seed is not None else torch.seed())
+    return generator
 
 
 def _pick(logits: torch.Tensor, config: GenerationConfig, generator: torch.Generator | None) -> int:
@@ -314,7 +310,7 @@ def _quant_state_bytes(state: Any) -> int:
 def load(target: LoadTarget) -> HFLoaded:
     """Load a local model folder with transformers according to ``target``."""
     path = Path(target.path)
-    check_safe_folder(path, bool(target.options.get("allow_pickle")))
+    check_model_folder(path)
     check_prequantized(path, target.quantization)
     device = "cuda" if target.device == "cuda" and torch.cuda.is_available() else "cpu"
     dtype = _torch_dtype(target.dtype, device)

@@ -280,11 +280,6 @@ def load(target: LoadTarget) -> LlamaCppLoaded:
             raise  # toolkit.load reports it with the measured memory
         raise InvalidModel(_load_error(path, exc)) from exc
     loaded = LlamaCppLoaded(target, llama, kwargs)
-    if opts.get("lora_path"):  # as load_adapter + set_adapter, so that set_adapter(None) can switch it off
-        try:
-            loaded.set_adapter(loaded.load_adapter(opts["lora_path"]))
-        except ToolkitError:
-            loaded.unload()
-            raise
+    loaded._activate_load_option(opts.get("lora_path"))  # so that set_adapter(None) can switch it off
     loaded.load_s = time.perf_counter() - start
     return loaded

@@ -216,8 +216,7 @@ def load(target: LoadTarget) -> MLXLoaded:
         model.update(_cast_tree(model.parameters(), dtype))
         mx.eval(model.parameters())
     loaded = MLXLoaded(target, model, tokenizer)
-    if target.options.get("adapter_path"):
-        loaded.set_adapter(loaded.load_adapter(target.options["adapter_path"]))
+    loaded._activate_load_option(target.options.get("adapter_path"))
     loaded.load_s = time.perf_counter() - start
     return loaded
 

@@ -443,12 +443,7 @@ def _load_in_process(target: LoadTarget) -> VLLMLoaded:
     except Exception as exc:  # noqa: BLE001 - vLLM raises many types; keep its words
         raise LoadFailed(_load_error(exc, target, config, device)) from exc
     loaded = VLLMLoaded(target, llm, config, dtype, max_logprobs)
-    if target.options.get("lora"):
-        try:
-            loaded.set_adapter(loaded.load_adapter(target.options["lora"]))
-        except ToolkitError:
-            loaded.unload()
-            raise
+    loaded._activate_load_option(target.options.get("lora"))
     loaded.load_s = time.perf_counter() - start
     return loaded
 
@@ -555,12 +550,7 @@ class VLLMProcessLoaded(Loaded):
         self._info = info
         self.logprobs_top_k = info["logprobs_top_k"]
         self.max_model_len = info["max_model_len"]
-        if target.options.get("lora"):
-            try:
-                self.set_adapter(self.load_adapter(target.options["lora"]))
-            except BaseException:
-                self.unload()
-                raise
+        self._activate_load_option(target.options.get("lora"))
         self.load_s = time.perf_counter() - start
 
     @property
