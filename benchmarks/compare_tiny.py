@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import json
 from pathlib import Path
+from toolkit.capabilities import backend_for
 
 VARIANTS = ["none", "bnb-8bit", "bnb-4bit", "gptq-4bit", "awq-4bit", "ct-gptq-4bit", "ct-awq-4bit",
             "gguf-f16", "gguf-q8_0", "gguf-q4_k_m", "mlx-4bit"]
@@ -34,10 +35,10 @@ def main() -> int:
 
     import toolkit
     from toolkit.backends import available
-    from toolkit.bench import bench
-    from toolkit.compare import backend_for, summary_table
-    from toolkit.plots import throughput_vs_batch
-    from toolkit.report import write_report
+    from toolkit.measuring.bench import bench
+    from toolkit.measuring.compare import summary_table
+    from toolkit.reporting.plots import throughput_vs_batch
+    from toolkit.reporting.report import write_report
 
     out = Path(args.out)
     can = available()

@@ -72,7 +72,8 @@ def main() -> int:
     args = parser.parse_args()
 
     import toolkit
-    from toolkit.bench import bench, environment, random_prompt
+    from toolkit.measuring.bench import bench, random_prompt
+    from toolkit.measuring.environment import environment
 
     path = toolkit.tiny(None if args.variant.startswith("bnb") else args.variant)
     quant = args.variant if args.variant.startswith("bnb") else None

@@ -12,6 +12,10 @@ The parent prints a table, writes ``benchmarks/results/planner_accuracy.json`` a
 any variant's error exceeds ``--tolerance`` (default 10%).
 
     .venv/bin/python benchmarks/planner_accuracy.py [--context 2048] [--only hf:none,llamacpp:gguf-f16]
+
+``--suite architectures`` does the same for random-initialised models of published architectures
+(``toolkit.builtin.architectures``) on hf, llamacpp and mlx at 2k, 8k and 32k tokens, and compares
+the plan with the engines' own figures too: see ``benchmarks/_architectures.py``.
 """
 
 from __future__ import annotations
@@ -27,6 +31,8 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 from benchmarks._worker import run_worker  # noqa: E402
+from toolkit.backends.generation import GenerationConfig
+from toolkit.facts.process import peak_rss_bytes, rss_bytes
 
 MiB = 2**20
 NEW_TOKENS = 16
@@ -52,8 +58,6 @@ QUANT_IMPORTS = {"bnb": ["bitsandbytes"], "gptq": ["gptqmodel", "optimum"], "awq
 
 
 def _rss() -> tuple[int, int]:
-    from toolkit.trackers import peak_rss_bytes, rss_bytes
-
     return rss_bytes(), peak_rss_bytes()
 
 
@@ -61,13 +65,11 @@ def worker(variant: str, backend: str, quantization: str | None, context: int, s
     """Run in a fresh process: plan, load, generate; return the plan and the measured memory."""
     import random
 
-    from toolkit.trackers import peak_rss_bytes
 
     marks: dict[str, int] = {"start_rss_bytes": _rss()[0]}
     import toolkit
-    from toolkit.backends.base import GenerationConfig
-    from toolkit.plan import plan as make_plan
-    from toolkit.tiny import tiny
+    from toolkit.planning.plan import plan as make_plan
+    from toolkit.builtin.tiny import tiny
 
     path = tiny(variant, progress=False)
     kwargs = {"backend": backend, "context": context, "batch": 1}
@@ -82,7 +84,7 @@ def worker(variant: str, backend: str, quantization: str | None, context: int, s
     marks["loaded_peak_rss_bytes"] = peak_rss_bytes()
     vocab = 4096
     try:
-        from toolkit.inspect import inspect
+        from toolkit.facts.model_info import inspect
 
         vocab = inspect(path).vocab_size or vocab
     except Exception:  # the vocab size only bounds the random ids
@@ -108,11 +110,9 @@ def worker(variant: str, backend: str, quantization: str | None, context: int, s
 
 def run_case(label: str, variant: str, backend: str, quantization: str | None, context: int, seed: int,
              timeout: float) -> dict:
-    args = ["--worker", variant, "--backend", backend, "--context", str(context), "--seed", str(seed)]
-    if quantization:
-        args += ["--quantization", quantization]
     row: dict = {"variant": label, "tiny": variant, "backend": backend}
-    row.update(run_worker(str(Path(__file__).resolve()), args, timeout))
+    row.update(run_worker(f"{Path(__file__).resolve()}:worker", {"variant": variant, "backend": backend,
+                          "quantization": quantization, "context": context, "seed": seed}, timeout))
     if row.get("error"):
         return row
     pred = row["plan"]["memory"]["total_bytes"]
@@ -122,7 +122,7 @@ def run_case(label: str, variant: str, backend: str, quantization: str | None, c
     row["error"] = None
     row["rel_error"] = (pred - meas) / meas
     try:
-        from toolkit.plan import MemoryBreakdown, Plan
+        from toolkit.planning.result import MemoryBreakdown, Plan
 
         # Plan.compare gives the same number; kept for symmetry with the user-facing API.
         stub = Plan(model=variant, params=0, backend=backend, quantization=row["plan"]["quantization"],
@@ -160,7 +160,20 @@ def print_table(rows: list[dict], tolerance: float) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
+    if argv is None:
+        argv = sys.argv[1:]
+    if "--suite" in argv or any(a.startswith("--suite=") for a in argv):
+        pre = argparse.ArgumentParser(add_help=False)
+        pre.add_argument("--suite", choices=("tiny", "architectures"), default="tiny")
+        known, rest = pre.parse_known_args(argv)
+        if known.suite == "architectures":
+            from benchmarks import _architectures
+
+            return _architectures.main(rest)
+        argv = rest
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--suite", choices=("tiny", "architectures"), default="tiny",
+                    help="tiny: the built-in tiny variants (default); architectures: see benchmarks/_architectures.py")
     ap.add_argument("--context", type=int, default=2048,
                     help="wanted context (the plan may extend it; the prompt fills plan.max_context)")
     ap.add_argument("--seed", type=int, default=0)
@@ -168,17 +181,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--only", default=None, help="comma-separated variant labels (see CASES)")
     ap.add_argument("--timeout", type=float, default=600)
     ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "planner_accuracy.json"))
-    ap.add_argument("--worker", default=None, help=argparse.SUPPRESS)
-    ap.add_argument("--backend", default=None, help=argparse.SUPPRESS)
-    ap.add_argument("--quantization", default=None, help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
-
-    if args.worker:
-        result = worker(args.worker, args.backend, args.quantization, args.context, args.seed)
-        print("@@RESULT " + json.dumps(result), flush=True)
-        return 0
-
-    from toolkit.bench import environment
+    from toolkit.measuring.environment import environment
 
     cases = CASES
     if args.only:

@@ -24,6 +24,7 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 from benchmarks._worker import run_worker  # noqa: E402
+from toolkit.facts.process import release_memory, rss_bytes
 
 MiB = 2**20
 # label: (backend, tiny variant or None for the base folder, quantization, dtype, import to warm)
@@ -39,8 +40,7 @@ def worker(label: str, cycles: int) -> dict:
     import importlib
 
     from toolkit.backends import LoadTarget, load_target
-    from toolkit.tiny import tiny
-    from toolkit.trackers import release_memory, rss_bytes
+    from toolkit.builtin.tiny import tiny
 
     backend, variant, quantization, dtype, module = CASES[label]
     path = Path(tiny(variant, progress=False))
@@ -67,7 +67,7 @@ def worker(label: str, cycles: int) -> dict:
 
 
 def run_case(label: str, cycles: int, timeout: float) -> dict:
-    result = run_worker(str(Path(__file__).resolve()), ["--worker", label, "--cycles", str(cycles)], timeout)
+    result = run_worker(f"{Path(__file__).resolve()}:worker", {"label": label, "cycles": cycles}, timeout)
     return {"case": label, **result}
 
 
@@ -94,11 +94,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--bound-mib", type=float, default=16.0)
     ap.add_argument("--timeout", type=float, default=600)
     ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "unload_cycles.json"))
-    ap.add_argument("--worker", default=None, help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
-    if args.worker:
-        print("@@RESULT " + json.dumps(worker(args.worker, args.cycles)), flush=True)
-        return 0
     labels = args.only.split(",") if args.only else list(CASES)
     unknown = [x for x in labels if x not in CASES]
     if unknown:
@@ -109,7 +105,7 @@ def main(argv: list[str] | None = None) -> int:
         rows.append(run_case(label, args.cycles, args.timeout))
     bound = int(args.bound_mib * MiB)
     print_table(rows, bound)
-    from toolkit.bench import environment
+    from toolkit.measuring.environment import environment
 
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)

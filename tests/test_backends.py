@@ -16,9 +16,9 @@ import numpy as np
 import pytest
 
 from toolkit.backends import GenerationConfig, LoadTarget, backend_module, load_target
+from toolkit.builtin.tiny import BASE, tiny
 from toolkit.errors import InvalidModel, ToolkitError
-from toolkit.tiny import BASE, tiny
-from toolkit.trackers import release_memory, rss_bytes
+from toolkit.facts.process import release_memory, rss_bytes
 
 PROMPT = "def add(a, b):\n"
 PROMPT2 = "import os\n"
@@ -55,7 +55,7 @@ CASES = [
 
 @pytest.fixture(scope="module")
 def server():
-    from toolkit.backends.openai import start_llama_server
+    from toolkit.backends.servers import start_llama_server
 
     process, base_url = start_llama_server(tiny("gguf-f16", progress=False))
     yield base_url
@@ -266,7 +266,7 @@ def test_openai_key_never_shown(server):
     loaded = load_target(LoadTarget(path=Path("tiny-f16"), backend="openai",
                                     options={"base_url": server, "api_key": secret, "vocab_size": 4096}))
     assert secret not in repr(loaded) and secret not in str(vars(loaded))
-    from toolkit.bench import bench
+    from toolkit.measuring.bench import bench
 
     row = bench(loaded, prompt_tokens=8, new_tokens=4, repeats=1, warmup=0).to_dict()  # what results files hold
     assert secret not in json.dumps(row, default=str)

@@ -10,7 +10,9 @@ import time
 
 import pytest
 
-from toolkit.compare import append_row, plan_jobs, read_rows
+from toolkit.data import TINY
+from toolkit.measuring.compare import plan_jobs
+from toolkit.measuring.results import append_row, read_rows
 
 pytestmark = pytest.mark.slow
 VARIANTS = "none,bnb-4bit,gptq-4bit,awq-4bit"
@@ -18,7 +20,7 @@ FAST = ["--windows", "4", "--repeats", "1", "--prompt-tokens", "16", "--new-toke
 
 
 def _cli(*args):
-    return [sys.executable, "-m", "toolkit.cli", "compare", "tiny", "--variants", VARIANTS, *FAST, *args]
+    return [sys.executable, "-m", "toolkit", "compare", "tiny", "--variants", VARIANTS, *FAST, *args]
 
 
 def test_killed_sweep_resumes_and_completes(tmp_path):
@@ -56,6 +58,16 @@ def test_killed_sweep_resumes_and_completes(tmp_path):
         assert row["kl_divergence"] > 0
         assert 0.9 < row["top1_agreement"] < 1.0
         assert abs(row["perplexity"] / ref["perplexity"] - 1) < 0.05
+    assert len({r["scored_against"] for r in stored}) == 1
+
+    # Other windows are another reference: the same file's "none" row is measured again, not reused.
+    other = [a if a != "4" else "3" for a in FAST]
+    out = subprocess.run([sys.executable, "-m", "toolkit", "compare", "tiny", "--variants", "none", *other,
+                          "--results", str(results), "--json"], capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr[-2000:]
+    (again,) = json.loads(out.stdout)
+    assert again["scored_against"] != stored[0]["scored_against"]
+    assert again["tokens_scored"] < ref["tokens_scored"]
 
 
 def test_results_file_repair(tmp_path):
@@ -69,12 +81,12 @@ def test_results_file_repair(tmp_path):
 
 
 def test_failed_variant_becomes_an_error_row(tmp_path):
-    from toolkit.compare import compare
+    from toolkit.measuring.compare import compare
 
     broken = tmp_path / "broken"
     broken.mkdir()
     (broken / "config.json").write_text("{not json")
-    frame = compare(None, {"none": str(__import__("toolkit.tiny").tiny.BASE), "gptq-4bit": str(broken)},
+    frame = compare(None, {"none": str(TINY), "gptq-4bit": str(broken)},
                     ["hf"], windows=2, repeats=1, prompt_tokens=8, new_tokens=4, isolate=False, progress=False)
     assert frame.loc[0, "error"] is None or frame.loc[0, "error"] != frame.loc[0, "error"]  # None or NaN
     assert "config.json" in frame.loc[1, "error"] or "JSON" in frame.loc[1, "error"]

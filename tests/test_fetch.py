@@ -11,8 +11,9 @@ import pytest
 from _hub import HubServer, commit_of
 from _modelfiles import TINY_CONFIG, llama_tensors, write_gguf, write_safetensors
 
+from toolkit.commands import fetch as fetch_command
 from toolkit.errors import BackendUnavailable, InvalidModel, InvalidSpec, ModelNotFound, UnsafeCheckpoint
-from toolkit.fetch import add_arguments, fetch, main_fetch, select_files
+from toolkit.hub.fetch import fetch, select_files
 
 pytest.importorskip("huggingface_hub")
 
@@ -97,7 +98,7 @@ def test_safetensors_only_no_pickles(server):
     assert not list(path.rglob("*.bin")) and not (path / "gptq").exists() and not list(path.glob("*.gguf"))
     assert (path / "model.safetensors").read_bytes() == server.repos["org/mixed"]["files"]["model.safetensors"]
     # the listing sees what was fetched, at its commit
-    from toolkit.models import models
+    from toolkit.hub.models import models
 
     row = models(cache_dir=server.cache).set_index("name").loc["org/mixed"]
     assert row["revision"] == commit_of("org/mixed") and row["format"] == "safetensors"
@@ -186,7 +187,7 @@ def test_load_a_hub_id_at_a_pinned_revision(tmp_path, monkeypatch):
     the backend needs, and loads it: here the real tiny model, served with an older revision whose
     config allowed 1024 positions."""
     import toolkit
-    from toolkit.tiny import BASE
+    from toolkit.builtin.tiny import BASE
 
     files = {f.name: f.read_bytes() for f in BASE.iterdir() if f.is_file() and f.suffix != ".md"}
     old_config = json.loads(files["config.json"])
@@ -207,8 +208,8 @@ def test_load_a_hub_id_at_a_pinned_revision(tmp_path, monkeypatch):
 
 def test_cli_prints_path_last(server, capsys):
     parser = argparse.ArgumentParser()
-    add_arguments(parser)
-    assert main_fetch(parser.parse_args(["org/gguf", "--quantization", "gguf-q4_k_m"])) == 0
+    fetch_command.add_arguments(parser)
+    assert fetch_command.run(parser.parse_args(["org/gguf", "--quantization", "gguf-q4_k_m"])) == 0
     last = capsys.readouterr().out.strip().splitlines()[-1]
     assert Path(last).name == "small.Q4_K_M.gguf" and Path(last).is_file()
 

@@ -27,9 +27,9 @@ from pathlib import Path
 from typing import Callable
 
 import pytest
-
 from _modelfiles import TINY_CONFIG, make_folder, write_gguf
-from toolkit.tiny import BASE
+
+from toolkit.builtin.tiny import BASE
 
 MARKER = "MARKER"
 
@@ -37,7 +37,7 @@ MARKER = "MARKER"
 def run(tmp_path: Path, *args: str) -> subprocess.CompletedProcess:
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_ENDPOINT": "http://127.0.0.1:9", "HF_HOME": str(tmp_path / "hf"),
            "HF_HUB_CACHE": str(tmp_path / "hf" / "hub"), "TOKENIZERS_PARALLELISM": "false"}
-    return subprocess.run([sys.executable, "-m", "toolkit.cli", *args], capture_output=True, text=True, env=env,
+    return subprocess.run([sys.executable, "-m", "toolkit", *args], capture_output=True, text=True, env=env,
                           cwd=tmp_path, timeout=300)
 
 
@@ -164,6 +164,10 @@ class Case:
 BAD_FILE = ("re-download",)
 # what `plan` says (exit 0) about a model that ships code or pickle weights
 REMOTE_REASON = ("shipped python code (auto_map), never run while planning", "trust_remote_code=true")
+# the plan says which of the two a load will do, from the installed transformers' own table of model types
+KNOWN_REASON = REMOTE_REASON + ("loads with transformers' built-in llama implementation", "shipped code is not run")
+UNKNOWN_REASON = REMOTE_REASON + ("transformers has no built-in evil_arch", "loading needs --trust-remote-code",
+                                  "which runs the shipped code")
 PICKLE_REASON = ("pickle files (never opened while planning)", "--allow-pickle")
 CASES = [
     Case("missing-path", lambda t: t / "no-such-model",
@@ -223,9 +227,9 @@ CASES = [
     Case("nothing-fits", lambda t: BASE, (3, ("does not fit", "needs", "fix")), (3, ("does not fit", "needs", "fix")),
          args=("--device", "cpu", "--memory", "10MiB")),
     # code shipped with the model
-    Case("remote-code-known-architecture", lambda t: remote_code(t, "llama"), (0, REMOTE_REASON),
+    Case("remote-code-known-architecture", lambda t: remote_code(t, "llama"), (0, KNOWN_REASON),
          (0, ()), code=True, words_out=("ships python code", "not run", "built-in")),
-    Case("remote-code-unknown-architecture", lambda t: remote_code(t, "evil_arch"), (0, REMOTE_REASON),
+    Case("remote-code-unknown-architecture", lambda t: remote_code(t, "evil_arch"), (0, UNKNOWN_REASON),
          (2, ("ships its own python code", "--trust-remote-code", "trust_remote_code=true")), code=True),
     Case("pickle-folder", pickle_folder, (0, PICKLE_REASON),
          (2, ("only pickle weights", "--allow-pickle", "allow_pickle=true", "safetensors")), code=True),

@@ -9,8 +9,11 @@ from pathlib import Path
 import pytest
 from _modelfiles import TINY_CONFIG, gptq_tensors, llama_tensors, make_folder, write_gguf, write_safetensors
 
-from toolkit.errors import InvalidModel, ModelNotFound
-from toolkit.inspect import inspect, main_inspect, params_from_config, read_gguf
+from toolkit.commands import inspect as inspect_command
+from toolkit.errors import BackendUnavailable, InvalidModel, ModelNotFound
+from toolkit.facts.config import params_from_config
+from toolkit.facts.model_info import inspect
+from toolkit.formats.gguf import read_gguf
 
 FIX = Path(__file__).parent / "fixtures" / "configs"
 
@@ -194,7 +197,6 @@ def test_gguf(tmp_path):
 def test_hub_id_without_hub_lib(monkeypatch):
     import sys
 
-    from toolkit.errors import BackendUnavailable
 
     monkeypatch.setitem(sys.modules, "huggingface_hub", None)  # `import huggingface_hub` now fails, as uninstalled
 
@@ -204,7 +206,7 @@ def test_hub_id_without_hub_lib(monkeypatch):
 
 def test_main_inspect_json(tmp_path, capsys):
     folder = make_folder(tmp_path / "tiny", TINY_CONFIG, llama_tensors(TINY_CONFIG))
-    assert main_inspect(argparse.Namespace(model=str(folder), json=True, revision=None)) == 0
+    assert inspect_command.run(argparse.Namespace(model=str(folder), json=True, revision=None)) == 0
     assert json.loads(capsys.readouterr().out)["params"] == params_from_config(TINY_CONFIG)["total"]
     info = inspect(folder)
     assert "<table>" in info._repr_html_()

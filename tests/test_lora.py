@@ -15,8 +15,8 @@ import numpy as np
 import pytest
 
 from toolkit.backends import GenerationConfig, Loaded, LoadTarget, load_target
+from toolkit.builtin.tiny import BASE, tiny
 from toolkit.errors import InvalidModel, InvalidSpec, ModelNotFound
-from toolkit.tiny import BASE, tiny
 
 PROMPT = "def add(a, b):\n"
 N = 16
@@ -108,11 +108,10 @@ def test_cross_backend_adapter_ids_match():
 
 @pytest.mark.parametrize("backend", CASES[1:])
 def test_adapter_at_load_time(backend):
-    """The load options that name an adapter (llamacpp ``lora_path``, mlx ``adapter_path``) go through
-    load_adapter + set_adapter, so the adapter can be switched off afterwards."""
-    option = {"llamacpp": "lora_path", "mlx": "adapter_path"}[backend]
+    """The ``adapter`` load option goes through load_adapter + set_adapter, so the adapter can be
+    switched off afterwards."""
     adapter = tiny(BACKENDS[backend][2], progress=False)
-    with _load(backend, **{option: str(adapter)}) as model:
+    with _load(backend, adapter=str(adapter)) as model:
         assert model.adapters() == [Path(adapter).stem] and model.active_adapter == Path(adapter).stem
         tuned = _greedy(model)
         model.set_adapter(None)

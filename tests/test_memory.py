@@ -5,11 +5,13 @@ import shutil
 from pathlib import Path
 
 import pytest
+
+import toolkit
 from _modelfiles import TINY_CONFIG, gptq_tensors, make_folder
 
-from toolkit import memory as mem
-from toolkit.hardware import device_from_spec
-from toolkit.inspect import inspect
+from toolkit.facts.devices import device_from_spec
+from toolkit.facts.model_info import inspect
+from toolkit.planning import memory as mem
 
 FIX = Path(__file__).parent / "fixtures" / "configs"
 
@@ -34,10 +36,14 @@ def test_kv_bytes_per_token(tmp_path, name, dtype, expected):
     assert mem.kv_bytes_per_token(info_for(tmp_path, name), dtype) == expected
 
 
-def test_mla_decompressed_for_hf(tmp_path):
+def test_mla_latent_or_decompressed(tmp_path):
     ds = info_for(tmp_path, "deepseek-v2-lite")
-    # transformers caches full k (nope+rope) and v per head: 27 * 16 * (128 + 64 + 128) * 2
+    # decompressed: full k (nope+rope) and v per head: 27 * 16 * (128 + 64 + 128) * 2
     assert mem.kv_bytes_per_token(ds, "bfloat16", mla_latent=False) == 27 * 16 * 320 * 2
+    # the latent (kv_lora_rank 512 + rope 64), which transformers 5.17's deepseek_v2 caches too
+    assert mem.kv_bytes_per_token(ds, "bfloat16") == 27 * 576 * 2
+    p = toolkit.plan(ds, "cpu", backend="hf", context=2048)
+    assert p.memory.kv_bytes_per_token == 27 * 576 * 4  # float32 on the CPU
 
 
 def test_sliding_window_cap(tmp_path):
@@ -63,8 +69,10 @@ def test_quantized_weights(tmp_path):
     assert full > b8 > b4
     # embeddings + lm_head (1.05B params) stay bf16
     emb = 2 * 128256 * 4096 * 2
-    assert b4 == pytest.approx(emb + (8_030_261_248 - 2 * 128256 * 4096) * 4.5 / 8, rel=0.001)
-    assert 5.9e9 < b4 < 6.1e9 and 9.0e9 < b8 < 9.2e9
+    # toolkit's hf backend loads bnb-4bit with double quant: 4 + 8/64 + 32/(64*256) bits per weight
+    dq_bits = 4 + 8 / 64 + 32 / (64 * 256)
+    assert b4 == pytest.approx(emb + (8_030_261_248 - 2 * 128256 * 4096) * dq_bits / 8, rel=0.001)
+    assert 5.6e9 < b4 < 5.8e9 and 9.0e9 < b8 < 9.2e9
     mlx4 = mem.weights_bytes(info, "mlx-4bit")
     assert mlx4 == pytest.approx(8_030_261_248 * 4.5 / 8, rel=0.01)  # MLX quantizes embeddings too
     assert mem.weights_bytes(info, "gguf-q4_k_m") == pytest.approx(8_030_261_248 * 4.89 / 8, rel=0.001)
@@ -116,3 +124,39 @@ def test_activation_and_overhead(tmp_path):
     busy = type(dev)(**{**dev.__dict__, "free_bytes": dev.total_bytes - 10 * 2**30})
     assert mem.budget_bytes(busy, "vllm") == int(0.9 * dev.total_bytes) - 10 * 2**30
     assert mem.budget_bytes(busy, "hf") == busy.free_bytes
+
+
+def test_moe_facts_from_configs(tmp_path):
+    qwen = info_for(tmp_path, "qwen1.5-moe-a2.7b")
+    assert (qwen.num_experts, qwen.moe_intermediate_size, qwen.moe_layers) == (60, 1408, 24)
+    ds = info_for(tmp_path, "deepseek-v2-lite")  # first_k_dense_replace=1: layer 0 is dense
+    assert (ds.num_experts, ds.moe_intermediate_size, ds.moe_layers) == (64, 1408, 26)
+    mix = info_for(tmp_path, "mixtral-8x7b")  # no moe_intermediate_size: the experts are intermediate_size wide
+    assert (mix.moe_intermediate_size, mix.moe_layers) == (14336, 32)
+    assert info_for(tmp_path, "llama-3.1-8b").moe_layers == 0
+
+
+def test_hf_load_extras_stack_one_moe_layer(tmp_path):
+    qwen = info_for(tmp_path, "qwen1.5-moe-a2.7b")
+    extras = mem.hf_load_extras(qwen, "none", "float32")  # the bf16 checkpoint converted on the CPU
+    assert extras["stacked"] == 2 * 60 * 1408 * 2048 * 4  # gate and up stacks, both alive while concatenated
+    assert extras["mapped"] == qwen.checkpoint_bytes
+    assert mem.hf_load_extras(qwen, "none", "bfloat16") == {"stacked": 2 * 60 * 1408 * 2048 * 2}  # no conversion
+    assert mem.hf_load_extras(qwen, "bnb-4bit", "float32") == {}
+    assert "stacked" not in mem.hf_load_extras(info_for(tmp_path, "llama-3.1-8b"), "none", "float32")
+    p = toolkit.plan(qwen, "cpu:96GiB", backend="hf", context=2048)  # room for float32 and the load
+    assert p.memory.load_peak_bytes == p.memory.overhead_bytes + p.memory.weights_bytes + sum(extras.values())
+    assert any("stacking one MoE layer's 60 gate and up experts" in r for r in p.reasons)
+
+
+def test_mla_attention_scores_on_the_cpu(tmp_path):
+    ds = info_for(tmp_path, "deepseek-v2-lite")  # q/k heads 128 + 64, v heads 128: SDPA's math path
+    assert mem.hf_math_attention_bytes(ds, 8192) == int(2.25 * 16 * 8192 * 8192 * 4)
+    cpu = mem.activation_bytes(ds, 8192, 1, "float32", "hf", device_kind="cpu")
+    assert cpu - mem.activation_bytes(ds, 8192, 1, "float32", "hf", device_kind="cuda") == \
+        mem.hf_math_attention_bytes(ds, 8192)
+    assert mem.activation_bytes(ds, 8192, 1, "float32", "llamacpp") < cpu / 10  # llama.cpp: none of it
+    for name in ("llama-3.1-8b", "qwen2.5-0.5b", "mixtral-8x7b"):
+        assert mem.hf_math_attention_bytes(info_for(tmp_path, name), 8192) == 0
+    p = toolkit.plan(ds, "cpu", backend="hf", context=8192)
+    assert any("attention scores 9.00 GiB at 8192 tokens" in r for r in p.reasons)

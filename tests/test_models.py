@@ -11,8 +11,9 @@ import pytest
 from _hub import add_to_cache, commit_of
 from _modelfiles import TINY_CONFIG, gptq_tensors, llama_tensors, make_folder, write_gguf, write_safetensors
 
+from toolkit.commands import models as models_command
 from toolkit.errors import InvalidSpec, ModelNotFound
-from toolkit.models import add_arguments, delete_model, main_models, models
+from toolkit.hub.models import delete_model, models
 
 hub = pytest.importorskip("huggingface_hub")
 
@@ -181,20 +182,20 @@ def test_delete_local(tmp_path):
 
 def test_cli(cache, capsys, tmp_path):
     parser = argparse.ArgumentParser()
-    add_arguments(parser)
-    assert main_models(parser.parse_args(["--cache-dir", str(cache["dir"]), "--json", "--device", "cpu:16GiB"])) == 0
+    models_command.add_arguments(parser)
+    assert models_command.run(parser.parse_args(["--cache-dir", str(cache["dir"]), "--json", "--device", "cpu:16GiB"])) == 0
     rows = json.loads(capsys.readouterr().out)
     assert {"name", "fits", "plan", "revision"} <= set(rows[0])
-    assert main_models(parser.parse_args(["--cache-dir", str(cache["dir"])])) == 0
+    assert models_command.run(parser.parse_args(["--cache-dir", str(cache["dir"])])) == 0
     out = capsys.readouterr().out
     assert "test-org/small-gguf" in out and "hf-cache" in out
     args = parser.parse_args(["--cache-dir", str(cache["dir"]), "--delete", "test-org/small-gguf", "--yes"])
-    assert main_models(args) == 0 and "freed" in capsys.readouterr().out
+    assert models_command.run(args) == 0 and "freed" in capsys.readouterr().out
     assert "test-org/small-gguf" not in set(models(cache_dir=cache["dir"])["name"])
 
 
 def test_imports_stay_light():
-    code = ("import sys, toolkit.models, toolkit.fetch, toolkit.recipe; "
+    code = ("import sys, toolkit.hub.models, toolkit.hub.fetch, toolkit.hub.recipe; "
             "print([m for m in ('torch', 'transformers', 'huggingface_hub', 'pandas') if m in sys.modules])")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"

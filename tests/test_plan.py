@@ -11,10 +11,12 @@ from pathlib import Path
 import pytest
 from _modelfiles import TINY_CONFIG, gptq_tensors, llama_tensors, make_folder, write_gguf
 
+from toolkit.commands import plan as plan_command
 from toolkit.errors import InvalidSpec, NothingFits
-from toolkit.hardware import GiB, device_from_spec
-from toolkit.inspect import inspect
-from toolkit.plan import main_plan, plan
+from toolkit.facts.devices import device_from_spec
+from toolkit.facts.model_info import inspect
+from toolkit.planning.plan import DEFAULT_CONTEXT, plan
+from toolkit.units import GiB
 
 FIX = Path(__file__).parent / "fixtures" / "configs"
 ROOT = Path(__file__).resolve().parents[1]
@@ -72,9 +74,11 @@ def test_cc_rules(tiny):
 
 def test_two_gpus_tensor_parallel(tmp_path):
     llama = real(tmp_path, "llama-3.1-8b")
-    p = plan(llama, "2xA100-80GB")
+    p = plan(llama, "2xA100-80GB", context="max")
     assert p.backend == "vllm" and p.tensor_parallel == 2 and p.quantization == "none"
     assert p.max_context == 131072 and p.max_context % 16 == 0
+    capped = plan(llama, "2xA100-80GB")  # without --context: the largest that fits up to the default cap
+    assert capped.max_context == DEFAULT_CONTEXT and capped.largest_context == 131072
     assert p.memory.budget_bytes == int(0.9 * 80 * GiB) * 2
     p = plan(llama, "A100-80GB", gpus=2)
     assert p.tensor_parallel == 2
@@ -82,15 +86,19 @@ def test_two_gpus_tensor_parallel(tmp_path):
 
 def test_vllm_context_multiple_of_block(tmp_path):
     llama = real(tmp_path, "llama-3.1-8b")
-    p = plan(llama, "cuda:24GiB", backend="vllm")
+    p = plan(llama, "cuda:24GiB", backend="vllm", context="max", kv_dtype="bfloat16")
     assert p.max_context % 16 == 0 and p.max_context < 131072
+    # without a KV dtype wish, the full context fits with vLLM's fp8 KV cache, and the reasons say so
+    fp8 = plan(llama, "cuda:24GiB", backend="vllm", context="max")
+    assert fp8.kv_dtype == "fp8" and fp8.settings == {"kv_cache_dtype": "fp8"} and fp8.max_context == 131072
+    assert any("fp8 KV cache" in r for r in fp8.reasons)
     assert p.memory.total_bytes <= p.memory.budget_bytes
 
 
 def test_nothing_fits(tmp_path):
     llama = real(tmp_path, "llama-3.1-8b")
-    with pytest.raises(NothingFits) as e:
-        plan(llama, "cuda:4GiB")
+    with pytest.raises(NothingFits) as e:  # not even offloaded: the host has no room for the rest
+        plan(llama, "cuda:4GiB", host_memory=2 * GiB)
     assert e.value.needed_bytes > 4 * GiB
     assert "needs" in str(e.value) and "GiB" in str(e.value) and "offload" in str(e.value)
     assert e.value.exit_code == 3
@@ -101,9 +109,12 @@ def test_nothing_fits(tmp_path):
 def test_context_rules(tiny, tmp_path):
     with pytest.raises(InvalidSpec, match="maximum positions"):
         plan(tiny, "24GiB", context=4096)
-    p = plan(real(tmp_path, "llama-3.1-8b"), "H200", backend="vllm")
+    p = plan(real(tmp_path, "llama-3.1-8b"), "H200", backend="vllm", context="max")
     assert p.max_context == 131072  # capped at max positions
-    assert plan(tiny, "24GiB", context=1024).max_context == 2048
+    # --context fixes the context: the plan allocates exactly it, never more
+    assert plan(tiny, "24GiB", context=1024).max_context == 1024
+    with pytest.raises(InvalidSpec, match="'max'"):
+        plan(tiny, "24GiB", context="lots")
 
 
 def test_explicit_wishes(tiny):
@@ -149,7 +160,7 @@ def test_outputs(tiny):
     assert set(d) >= {"model", "params", "backend", "quantization", "dtype", "max_context", "memory", "reasons",
                       "alternatives"}
     assert set(d["memory"]) == {"budget_bytes", "weights_bytes", "kv_bytes_per_token", "kv_cache_bytes",
-                                "activation_bytes", "overhead_bytes", "total_bytes"}
+                                "activation_bytes", "overhead_bytes", "total_bytes", "engine_buffers", "load_peak_bytes"}
     json.dumps(d)
     for a in d["alternatives"]:
         assert a["rejected"] and {"backend", "quantization", "max_context"} <= set(a)
@@ -167,21 +178,22 @@ def test_plan_is_fast(tmp_path):
 
 
 def test_main_plan_json(tiny, capsys):
-    args = argparse.Namespace(model=str(tiny), memory="24GiB", device=None, gpus=None, compute_capability="7.5",
-                              backend=None, quantization=None, dtype=None, context=None, batch=1, json=True)
-    assert main_plan(args) == 0
+    parser = argparse.ArgumentParser()
+    plan_command.add_arguments(parser)
+    args = parser.parse_args([str(tiny), "--memory", "24GiB", "--compute-capability", "7.5", "--json"])
+    assert plan_command.run(args) == 0
     d = json.loads(capsys.readouterr().out)
     assert d["dtype"] == "float16" and d["memory"]["total_bytes"] <= d["memory"]["budget_bytes"]
     args.json = False
-    assert main_plan(args) == 0
+    assert plan_command.run(args) == 0
     assert "alternatives" in capsys.readouterr().out
     with pytest.raises(InvalidSpec):
-        main_plan(argparse.Namespace(**{**vars(args), "memory": "24 gigs"}))
+        plan_command.run(argparse.Namespace(**{**vars(args), "memory": "24 gigs"}))
 
 
 def test_no_torch_in_subprocess(tiny):
     code = (
-        "import sys, json; from toolkit.plan import plan; from toolkit import hardware, inspect, memory;"
+        "import sys, json; from toolkit.planning.plan import plan; import toolkit.facts.probe, toolkit.facts.model_info;"
         f"p = plan({str(tiny)!r}, 'cpu:8GiB'); json.dumps(p.to_dict());"
         "bad = [m for m in ('torch', 'transformers', 'safetensors', 'vllm', 'mlx', 'llama_cpp', 'huggingface_hub')"
         " if m in sys.modules]; assert not bad, bad; print('ok')"
@@ -190,3 +202,41 @@ def test_no_torch_in_subprocess(tiny):
     out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=60)
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "ok" and time.perf_counter() - t < 5
+
+
+def test_offload_when_the_model_does_not_fit_the_gpu(tmp_path):
+    """transformers' device_map offload: whole decoder layers on the GPU while they fit, the rest in host RAM."""
+    llama = real(tmp_path, "llama-3.1-8b")
+    p = plan(llama, "cuda:4GiB", host_memory=64 * GiB, context=2048)
+    assert p.backend == "hf" and p.split["cuda"] <= p.memory.budget_bytes and p.split["cpu"] > 8 * GiB
+    assert set(p.settings["max_memory"]) == {"0", "cpu"}
+    assert any("device_map='auto'" in r for r in p.reasons)
+
+
+def test_remote_code_reason_says_what_the_load_will_do(tmp_path):
+    """A folder with auto_map code: the plan says whether transformers' own implementation loads it
+    (the shipped code not run) or only --trust-remote-code can (issue #16)."""
+    auto_map = {"AutoConfig": "configuration_x.XConfig", "AutoModelForCausalLM": "modeling_x.XForCausalLM"}
+    cases = (("llama", "loads with transformers' built-in llama implementation; the shipped code is not run"),
+             ("evil_arch", "transformers has no built-in evil_arch: loading needs --trust-remote-code "
+                           "(trust_remote_code=True), which runs the shipped code"))
+    for model_type, words in cases:
+        cfg = {**TINY_CONFIG, "model_type": model_type, "auto_map": auto_map}
+        p = plan(make_folder(tmp_path / model_type, cfg, llama_tensors(cfg)), "cpu:16GiB")
+        assert p.backend == "hf" and any(words in r for r in p.reasons), p.reasons
+    plain = plan(make_folder(tmp_path / "plain", TINY_CONFIG, llama_tensors(TINY_CONFIG)), "cpu:16GiB")
+    assert not any("remote" in r for r in plain.reasons)
+
+
+def test_transformers_model_types_read_without_importing_it():
+    code = ("import sys; from toolkit.facts.libraries import transformers_model_types as t; "
+            "print(sorted(t()) == sorted(set(t())), 'transformers' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.split() == ["True", "False"]
+    from transformers.models.auto.configuration_auto import CONFIG_MAPPING_NAMES
+
+    from toolkit.facts.libraries import transformers_implements, transformers_model_types
+
+    assert transformers_model_types() == frozenset(CONFIG_MAPPING_NAMES)
+    assert (transformers_implements("llama"), transformers_implements("evil_arch"), transformers_implements(None)) \
+        == (True, False, None)

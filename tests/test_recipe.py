@@ -8,9 +8,9 @@ from _hub import add_to_cache, commit_of
 from _modelfiles import TINY_CONFIG, llama_tensors, make_folder
 
 from toolkit.errors import InvalidSpec
-from toolkit.hardware import Device, device_from_spec
-from toolkit.plan import plan
-from toolkit.recipe import Recipe, RecipeMismatch, current_environment
+from toolkit.facts.devices import Device, device_from_spec
+from toolkit.hub.recipe import Recipe, RecipeMismatch, current_environment
+from toolkit.planning.plan import plan
 
 SMALL = dict(TINY_CONFIG, vocab_size=256, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
              num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=512)

@@ -8,7 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from toolkit.backends.base import GenerationConfig, Loaded, LoadTarget
+from toolkit.backends.base import Loaded, LoadTarget
+from toolkit.backends.generation import GenerationConfig
+from toolkit.errors import InvalidSpec, ToolkitError
 
 
 class Scripted(Loaded):
@@ -48,8 +50,6 @@ def test_eos_and_ignore_eos():
 
 
 def test_unloaded_model_refuses():
-    from toolkit.errors import ToolkitError
-
     model = Scripted(["a"])
     model._unload = lambda: None
     with model:
@@ -59,8 +59,6 @@ def test_unloaded_model_refuses():
 
 
 def test_config_validation():
-    from toolkit.errors import InvalidSpec
-
     with pytest.raises(InvalidSpec, match="max_tokens"):
         GenerationConfig(max_tokens=0)
     with pytest.raises(InvalidSpec, match="top_p"):

@@ -5,10 +5,11 @@ import json
 
 import pytest
 
-from toolkit import tiny as tiny_mod
+from toolkit.builtin import tiny as tiny_mod
+from toolkit.builtin.tiny import BASE, MANIFEST, tiny
 from toolkit.errors import InvalidSpec
-from toolkit.inspect import inspect, read_safetensors_header
-from toolkit.tiny import BASE, MANIFEST, tiny
+from toolkit.facts.model_info import inspect
+from toolkit.formats.safetensors import read_safetensors_header
 
 pytestmark = pytest.mark.slow
 

