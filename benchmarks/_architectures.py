@@ -77,7 +77,7 @@ FULL_DEPTH = {"qwen2.5-0.5b": 2048}  # also measured at the real depth, at this 
 # bfloat16 at 0.9-1.3; Qwen2.5-1.5B with 2 layers took 470 s to fill 2k tokens), so mlx is measured
 # only in these cases; the others get the plan alone.
 # (Gemma 3 with 6 layers had not filled 2k tokens after 11 minutes, and was stopped.)
-MLX_MEASURED = {("llama-3.2-1b", 2048), ("qwen2.5-0.5b", 2048)}
+MLX_MEASURED = {("llama-3.2-1b", 2048), ("qwen2.5-0.5b", 2048), ("qwen2.5-0.5b", 8192)}
 MLX_SLOW = "not measured: mlx[cpu] runs at ~1 GFLOPS on this machine (see MLX_MEASURED)"
 LONG_SLOW = "not measured: 32k prompts are slow here (the prompt's attention); --long all measures it"
 OUT = ROOT / "benchmarks" / "results" / "planner_accuracy_architectures.json"

@@ -221,7 +221,8 @@ def main(argv: list[str] | None = None) -> int:
         models["SmolLM2-135M Q4_1"] = smollm2()
     out = Path(args.out)
     # Each section is written when it finishes, beside the sections of earlier runs (each with its own
-    # date and load average), so a rerun of one part (--only speed) keeps the others.
+    # date and load average), so a rerun of one part (--only speed) keeps the others; the section it
+    # replaces moves to "<section>_earlier_runs".
     report: dict = json.loads(out.read_text()) if out.exists() else {}
     report["environment"] = environment()
 
@@ -234,7 +235,12 @@ def main(argv: list[str] | None = None) -> int:
         if name not in parts:
             continue
         load, started = os.getloadavg(), time.perf_counter()
-        report[name] = measure()
+        rows = measure()
+        if name in report:  # the previous run of this section is kept, with its date and load average
+            run = report.get("runs", {}).get(name) or {}
+            before = {"date": run.get("date"), "run": run, "rows": report[name]}
+            report.setdefault(f"{name}_earlier_runs", []).append(before)
+        report[name] = rows
         report.setdefault("runs", {})[name] = {"date": time.strftime("%Y-%m-%d %H:%M"), "load_average_before": load,
                                                "load_average_after": os.getloadavg(),
                                                "seconds": round(time.perf_counter() - started, 1)}

@@ -160,3 +160,35 @@ def test_mla_attention_scores_on_the_cpu(tmp_path):
         assert mem.hf_math_attention_bytes(info_for(tmp_path, name), 8192) == 0
     p = toolkit.plan(ds, "cpu", backend="hf", context=8192)
     assert any("attention scores 9.00 GiB at 8192 tokens" in r for r in p.reasons)
+
+
+def test_mlx_cpu_counts_the_attention_scores(tmp_path):
+    info = info_for(tmp_path, "llama-3.1-8b")
+    cpu = mem.activation_bytes(info, 8192, 1, "bfloat16", "mlx", device_kind="cpu")
+    metal = mem.activation_bytes(info, 8192, 1, "bfloat16", "mlx", device_kind="mps")
+    # the prefill's last 2048-token chunk attends to all 8192 keys (32 heads, bfloat16), and the MLP's
+    # third intermediate is live for the chunk's 2048 tokens
+    scores = mem.mlx_cpu_scores_bytes(info, 8192, 1, "bfloat16")
+    assert scores >= 32 * 2048 * 8192 * 2
+    assert cpu - metal == scores + 2048 * info.intermediate_size * 2
+    # shorter than one chunk: the whole prompt at once
+    assert mem.mlx_cpu_scores_bytes(info, 1024) == int(mem.MLX_CPU_SCORES_COPIES * 32 * 1024 * 1024 * 2)
+
+
+@pytest.mark.parametrize("heads,length,dtype", [(8, 1024, "float32"), (16, 512, "bfloat16")])
+def test_mlx_cpu_scores_term_against_mlx_itself(heads, length, dtype):
+    """The engine is the oracle: mlx's own peak while its fused attention runs on the CPU covers the
+    materialised scores; the plan's term is at or above it and not far above."""
+    mx = pytest.importorskip("mlx.core")
+    mx.set_default_device(mx.cpu)
+    dt = getattr(mx, dtype)
+    q, k, v = (mx.random.normal((1, heads, length, 64)).astype(dt) for _ in range(3))
+    mx.eval(q, k, v)
+    mx.reset_peak_memory()
+    base = mx.get_active_memory()
+    out = mx.fast.scaled_dot_product_attention(q, k, v, scale=0.125, mask="causal")
+    mx.eval(out)
+    rise = mx.get_peak_memory() - base - out.nbytes
+    info = type("Info", (), {"num_heads": heads})()
+    planned = mem.mlx_cpu_scores_bytes(info, length, 1, dtype)
+    assert 0.8 * planned <= rise <= 1.1 * planned, (rise, planned)

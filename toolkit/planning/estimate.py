@@ -64,7 +64,7 @@ def estimate(info: ModelInfo, device: Device, c: Candidate, context: int, batch:
     act = mem.activation_bytes(info, context, batch, c.dtype, c.backend, device_kind=device.kind)
     dev = device if c.backend in ("vllm", "hf") else replace(device, count=1) if device.kind != "cuda" else device
     ovh = mem.overhead_bytes(c.backend, dev, weights_bytes=w, quantization=c.quantization)
-    if c.backend == "hf" and device.kind in ("cpu", "mps"):  # host memory: the tokenizer grows with the vocabulary
+    if c.backend in ("hf", "mlx") and device.kind in ("cpu", "mps"):  # transformers' tokenizer grows with the vocabulary
         ovh += mem.HF_TOKENIZER_BYTES_PER_TOKEN * max(0, info.vocab_size - mem.HF_TINY_VOCAB)
     running = w + kv + act + ovh
     load = ovh + w + sum(mem.hf_load_extras(info, c.quantization, c.dtype).values()) if c.backend == "hf" and \

@@ -104,9 +104,10 @@ CPU_RUNTIME_LLAMACPP_BYTES = 61 * MiB
 # vLLM on CPU imports torch + vllm: ~ 1 GB RSS (estimate; not measured by planner_accuracy.py).
 CPU_RUNTIME_VLLM_BYTES = 1000 * 10**6
 # mlx[cpu] on Linux: mlx_lm imports transformers (tokenizers), which imports torch when installed,
-# so the runtime is close to hf's: mlx none 500.2 MiB / mlx-4bit 482.6 MiB peak minus weights, KV
-# and 24 MiB of activations: 445 / 447 MiB.
-CPU_RUNTIME_MLX_BYTES = 455 * MiB
+# so the runtime is close to hf's: mlx none 499.8 MiB / mlx-4bit 481.3 MiB peak minus weights, KV
+# and 101 MiB of activations (the MLP's 32 MiB and the 69 MiB of attention scores mlx[cpu]
+# materialises, see MLX_CPU_SCORES_COPIES): 368 / 369 MiB.
+CPU_RUNTIME_MLX_BYTES = 376 * MiB
 # llama.cpp's heap for the vocabulary (token texts, scores, the BPE merge table), per vocabulary entry:
 # RSS after Llama() beyond the mapped file, minus the import, on four architectures (vocab 32k-262k):
 # 65-390 B/entry; the middle of that range (benchmarks/planner_accuracy.py --suite architectures).
@@ -335,6 +336,22 @@ def hf_math_attention_bytes(info: ModelInfo, context: int, batch: int = 1) -> in
     return int(HF_MATH_ATTENTION_COPIES * batch * info.num_heads * context * context * 4)
 
 
+# mlx[cpu]: mx.fast.scaled_dot_product_attention has no fused kernel on the CPU and materialises each
+# layer's scores, heads x chunk x keys in the activation dtype. Measured alone (mlx 0.32.4 cpu, float32
+# and bfloat16, 8-32 heads, 512-2047 tokens): mx.get_peak_memory() rises by 1.03-1.08x the scores'
+# size; 1.08 is the top of that. The prefill's last chunk holds the most (chunk = prefill_step_size
+# tokens attending to the whole prompt). Metal's fused kernel does not materialise them (not verified
+# here: no Mac), so the term is for device kind "cpu" only.
+MLX_CPU_SCORES_COPIES = 1.08
+
+
+def mlx_cpu_scores_bytes(info: ModelInfo, context: int, batch: int = 1, dtype: str = "bfloat16") -> int:
+    """The attention scores mlx[cpu] materialises in the prefill's last chunk (:data:`MLX_CPU_SCORES_COPIES`)."""
+    b = DTYPES.get(normalize_dtype(dtype) or "bfloat16", 2)
+    chunk = min(context, MLX_PREFILL_STEP)
+    return int(MLX_CPU_SCORES_COPIES * batch * info.num_heads * chunk * context * b)
+
+
 def activation_bytes(info: ModelInfo, context: int, batch: int = 1, dtype: str = "bfloat16",
                      backend: str = "hf", mode: str = "generate", device_kind: str = "cpu") -> int:
     """Peak activation bytes of one forward pass over the prompt.
@@ -353,7 +370,10 @@ def activation_bytes(info: ModelInfo, context: int, batch: int = 1, dtype: str =
     vllm / llamacpp / mlx: prefill is chunked (vLLM max_num_batched_tokens, llama.cpp n_ubatch,
     mlx-lm prefill_step_size) and logits are kept for the last token only. Attention scores are not
     counted: SDPA/flash attention never materialise the full matrix — except hf on the CPU where the
-    value heads differ in size from the query heads (:func:`hf_math_attention_bytes`).
+    value heads differ in size from the query heads (:func:`hf_math_attention_bytes`) and mlx on the
+    CPU (:func:`mlx_cpu_scores_bytes`). mlx keeps the MLP's three intermediates live, as hf does
+    (mx.get_peak_memory() of a 2-layer float32 prefill: Llama-3.2-1B 2323 MiB against 2290 from this
+    formula, Qwen2.5-0.5B 1021 against 1021).
     """
     b = DTYPES.get(normalize_dtype(dtype) or "bfloat16", 2)
     inter = info.intermediate_size or 4 * info.hidden_size
@@ -370,6 +390,9 @@ def activation_bytes(info: ModelInfo, context: int, batch: int = 1, dtype: str =
         tokens = min(batch * context, chunk)
         logits = batch * info.vocab_size * 4
         scores = 0
+        if backend == "mlx" and device_kind == "cpu":
+            per_token = (3 * inter + 4 * info.hidden_size) * b
+            scores = mlx_cpu_scores_bytes(info, context, batch, dtype)
     return int(tokens * per_token + logits + scores)
 
 
