@@ -173,6 +173,10 @@ def test_mlx_cpu_counts_the_attention_scores(tmp_path):
     assert cpu - metal == scores + 2048 * info.intermediate_size * 2
     # shorter than one chunk: the whole prompt at once
     assert mem.mlx_cpu_scores_bytes(info, 1024) == int(mem.MLX_CPU_SCORES_COPIES * 32 * 1024 * 1024 * 2)
+    # the plan says so, with the figure
+    p = toolkit.plan(tmp_path / "llama-3.1-8b", "cpu:64GiB", backend="mlx", context=8192)
+    assert p.memory.activation_bytes == mem.activation_bytes(info, 8192, 1, p.dtype, "mlx", device_kind="cpu")
+    assert any("mlx on the CPU has no fused attention kernel" in r and "2048 x 8192" in r for r in p.reasons)
 
 
 @pytest.mark.parametrize("heads,length,dtype", [(8, 1024, "float32"), (16, 512, "bfloat16")])
