@@ -377,22 +377,20 @@ def activation_bytes(info: ModelInfo, context: int, batch: int = 1, dtype: str =
     """
     b = DTYPES.get(normalize_dtype(dtype) or "bfloat16", 2)
     inter = info.intermediate_size or 4 * info.hidden_size
-    per_token = (2 * inter + 4 * info.hidden_size) * b
+    mlx_cpu = backend == "mlx" and device_kind == "cpu"
     if backend == "hf":
-        live = 4 if info.model_type in HF_FUSED_GATE_UP else 3
-        per_token = (live * inter + 4 * info.hidden_size) * b
+        live = 4 if info.model_type in HF_FUSED_GATE_UP else 3  # MLP intermediates alive at once
         tokens = batch * context
         logits = (tokens if mode == "score" else batch) * info.vocab_size * 4
         scores = hf_math_attention_bytes(info, context, batch) if device_kind == "cpu" else 0
     else:
+        live = 3 if mlx_cpu else 2
         chunk = {"vllm": VLLM_MAX_BATCHED_TOKENS, "llamacpp": LLAMACPP_UBATCH, "mlx": MLX_PREFILL_STEP}.get(
             backend, LLAMACPP_UBATCH)
         tokens = min(batch * context, chunk)
         logits = batch * info.vocab_size * 4
-        scores = 0
-        if backend == "mlx" and device_kind == "cpu":
-            per_token = (3 * inter + 4 * info.hidden_size) * b
-            scores = mlx_cpu_scores_bytes(info, context, batch, dtype)
+        scores = mlx_cpu_scores_bytes(info, context, batch, dtype) if mlx_cpu else 0
+    per_token = (live * inter + 4 * info.hidden_size) * b
     return int(tokens * per_token + logits + scores)
 
 
