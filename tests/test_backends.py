@@ -236,6 +236,23 @@ def test_cross_backend_greedy_ids_match():
     assert ids["hf"] == ids["llamacpp"], ids
 
 
+@_needs("llamacpp")
+def test_llamacpp_greedy_pick_is_llama_cpps_own_greedy():
+    """toolkit's greedy pick (the argmax of the logits in place) gives the ids of llama-cpp-python's own
+    ``Llama.generate`` at temperature 0 (llama.cpp's greedy sampler), across a second prompt that
+    shares no prefix and a repeat of the first (the context's prefix reuse)."""
+    with load_target(LoadTarget(path=tiny("gguf-q4_k_m", progress=False), backend="llamacpp")) as loaded:
+        for prompt in (PROMPT, PROMPT2, PROMPT):
+            ids = loaded.encode(prompt)
+            ours = loaded.generate(ids, max_tokens=24, ignore_eos=True).token_ids
+            theirs: list[int] = []
+            for token in loaded.llama.generate(ids, temp=0.0, reset=True):
+                theirs.append(int(token))
+                if len(theirs) == len(ours):
+                    break
+            assert ours == theirs, (prompt, ours, theirs)
+
+
 # --- errors ---------------------------------------------------------------------------------------
 
 @_needs("mlx", "llamacpp")
