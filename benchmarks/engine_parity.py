@@ -31,6 +31,7 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 from benchmarks._worker import run_worker  # noqa: E402
+from toolkit.facts.blas import resolve  # noqa: E402
 
 PP, TG = 128, 64
 
@@ -145,13 +146,16 @@ def mlx(repeats: int, timeout: float) -> list[dict]:
     from toolkit.builtin.tiny import tiny
 
     path = tiny("mlx-4bit", progress=False)
+    # the same BLAS as toolkit's mlx backend loads (toolkit.facts.blas), preloaded the way a user would
+    blas = resolve().library
+    env = {**os.environ, **({"LD_PRELOAD": blas} if blas else {})}
     out = subprocess.run([sys.executable, "-m", "mlx_lm", "benchmark", "--model", str(path), "-p", str(PP), "-g",
-                          str(TG), "-n", str(repeats)], capture_output=True, text=True, check=True)
+                          str(TG), "-n", str(repeats)], capture_output=True, text=True, check=True, env=env)
     m = re.search(r"Averages: prompt_tps=([\d.]+), generation_tps=([\d.]+)", out.stdout + out.stderr)
     theirs = {"pp": float(m[1]), "tg": float(m[2])}
     ours = run_worker(f"{Path(__file__).resolve()}:toolkit_mlx_speed", {"model": str(path), "repeats": repeats},
                       timeout)
-    row = {"model": "tiny mlx-4bit", "toolkit_pp": ours.get("pp"), "mlx_lm_pp": theirs["pp"],
+    row = {"model": "tiny mlx-4bit", "blas": blas or "bundled", "toolkit_pp": ours.get("pp"), "mlx_lm_pp": theirs["pp"],
            "toolkit_tg": ours.get("tg"), "mlx_lm_tg": theirs["tg"], "error": ours.get("error")}
     if not row["error"]:
         row.update(pp_ratio=row["toolkit_pp"] / theirs["pp"], tg_ratio=row["toolkit_tg"] / theirs["tg"])

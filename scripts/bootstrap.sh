@@ -45,5 +45,17 @@ fi
 # 5. Debian's chromium for the real-browser widget test (no browser download: playwright drives it).
 bash scripts/bootstrap_browser.sh || echo "bootstrap: chromium is not installed; tests/test_browser.py will be skipped (outside CI)"
 
+# 6. A system OpenBLAS for mlx[cpu]: its Linux wheel bundles the reference BLAS (~20x slower matmuls here);
+#    toolkit loads OpenBLAS ahead of it when one is installed (toolkit/facts/blas.py).
+if ! "$VENV/bin/python" -c 'import ctypes.util, sys; sys.exit(ctypes.util.find_library("openblas") is None)'; then
+  if [ "$(id -u)" -eq 0 ] && command -v apt-get >/dev/null 2>&1; then
+    (export DEBIAN_FRONTEND=noninteractive; apt-get install -y -qq libopenblas0-pthread >/dev/null 2>&1 ||
+      { apt-get update -qq && apt-get install -y -qq libopenblas0-pthread; }) ||
+      echo "bootstrap: libopenblas0-pthread could not be installed; mlx[cpu] keeps its bundled reference BLAS"
+  else
+    echo "bootstrap: no system OpenBLAS; mlx[cpu] keeps its bundled reference BLAS (apt-get install libopenblas0-pthread)"
+  fi
+fi
+
 echo "$want" > "$STAMP"
 echo "bootstrap: $VENV ready"

@@ -30,6 +30,10 @@ def environment(*, devices: bool = True) -> dict[str, Any]:
     env: dict[str, Any] = {"toolkit": __version__, "python": platform.python_version(),
                            "platform": platform.platform(), "machine": platform.machine()}
     env.update(library_versions())
+    if "mlx" in env:  # which BLAS mlx[cpu] multiplies with in a process started now (toolkit.facts.blas)
+        from toolkit.facts.blas import resolve
+
+        env["mlx_blas"] = resolve().library or "bundled"
     if devices:
         try:
             from toolkit.facts.probe import probe
