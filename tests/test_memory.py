@@ -42,8 +42,11 @@ def test_mla_latent_or_decompressed(tmp_path):
     assert mem.kv_bytes_per_token(ds, "bfloat16", mla_latent=False) == 27 * 16 * 320 * 2
     # the latent (kv_lora_rank 512 + rope 64), which transformers 5.17's deepseek_v2 caches too
     assert mem.kv_bytes_per_token(ds, "bfloat16") == 27 * 576 * 2
-    p = toolkit.plan(ds, "cpu", backend="hf", context=2048)
+    p = toolkit.plan(ds, "cpu:24GiB", backend="hf", context=2048)
     assert p.memory.kv_bytes_per_token == 27 * 576 * 4  # float32 on the CPU
+    # mlx-lm 0.32's deepseek_v2 caches keys and values per head (tests/test_mlx_memory.py holds it against mlx)
+    p = toolkit.plan(ds, "cpu:24GiB", backend="mlx", context=2048)
+    assert p.memory.kv_bytes_per_token == 27 * 16 * 320 * mem.DTYPES[p.kv_dtype]
 
 
 def test_sliding_window_cap(tmp_path):
@@ -158,7 +161,7 @@ def test_mla_attention_scores_on_the_cpu(tmp_path):
     assert mem.activation_bytes(ds, 8192, 1, "float32", "llamacpp") < cpu / 10  # llama.cpp: none of it
     for name in ("llama-3.1-8b", "qwen2.5-0.5b", "mixtral-8x7b"):
         assert mem.hf_math_attention_bytes(info_for(tmp_path, name), 8192) == 0
-    p = toolkit.plan(ds, "cpu", backend="hf", context=8192)
+    p = toolkit.plan(ds, "cpu:24GiB", backend="hf", context=8192)  # a fixed budget: the free RAM varies
     assert any("attention scores 9.00 GiB at 8192 tokens" in r for r in p.reasons)
 
 

@@ -56,6 +56,9 @@ def arch_facts(cfg: dict, file: str = "config.json") -> dict:
     kv_lora = cfg.get("kv_lora_rank")
     if kv_lora:
         attention = "MLA"
+        # MLA's per-head key is qk_nope + qk_rope; head_dim holds the nope part (DeepSeek's configs have no
+        # head_dim, and hidden // heads equals qk_nope_head_dim only by chance: 2048 / 16 = 128 in V2-Lite)
+        head_dim = int(cfg.get("qk_nope_head_dim") or head_dim)
     elif kv == 1 and heads > 1:
         attention = "MQA"
     elif kv < heads:

@@ -67,11 +67,20 @@ def estimate(info: ModelInfo, device: Device, c: Candidate, context: int, batch:
     if c.backend in ("hf", "mlx") and device.kind in ("cpu", "mps"):  # transformers' tokenizer grows with the vocabulary
         ovh += mem.HF_TOKENIZER_BYTES_PER_TOKEN * max(0, info.vocab_size - mem.HF_TINY_VOCAB)
     running = w + kv + act + ovh
-    load = ovh + w + sum(mem.hf_load_extras(info, c.quantization, c.dtype).values()) if c.backend == "hf" and \
-        device.kind == "cpu" else 0
+    load = ovh + w + sum(load_extras(info, device, c).values())
     if load > running:
         return MemoryBreakdown(c.budget, w, kvt, kv, act, ovh, load, load_peak_bytes=load)
     return MemoryBreakdown(c.budget, w, kvt, kv, act, ovh, running)
+
+
+def load_extras(info: ModelInfo, device: Device, c: Candidate) -> dict[str, int]:
+    """What loading ``c`` holds besides the loaded weights until the load ends, by cause (hf on the CPU,
+    mlx anywhere; see :func:`~toolkit.planning.memory.hf_load_extras`, :func:`~toolkit.planning.memory.mlx_load_extras`)."""
+    if c.backend == "hf" and device.kind == "cpu":
+        return mem.hf_load_extras(info, c.quantization, c.dtype)
+    if c.backend == "mlx":
+        return mem.mlx_load_extras(info, c.quantization, c.dtype)
+    return {}
 
 
 def _llamacpp(info: ModelInfo, device: Device, c: Candidate, context: int, batch: int) -> MemoryBreakdown:

@@ -161,8 +161,9 @@ def bits_per_weight(quantization: str, *, group_size: int | None = None, dtype: 
             b += 32 / out_features  # g_idx: one int32 per input row
         return b
     if q.startswith("mlx-"):
+        # one scale and one bias per group, in the dtype the weights were quantized from (fp16/bf16: 32 bits)
         bits = int(q[4:].removesuffix("bit"))
-        return bits + 32 / (group_size or MLX_GROUP_SIZE)
+        return bits + 2 * 8 * DTYPES.get(normalize_dtype(dtype) or "bfloat16", 2) / (group_size or MLX_GROUP_SIZE)
     if q.startswith("gguf-"):
         name = q[5:]
         if name in GGUF_BITS:
@@ -227,10 +228,11 @@ def weights_bytes(info: ModelInfo, quantization: str = "none", dtype: str | None
     in_f = info.hidden_size or 4096
     out_f = info.intermediate_size or in_f
     if q.startswith("mlx-"):
-        # everything with a matrix is quantized; norms (~2*h per layer) stay 16-bit
+        # everything with a matrix is quantized; norms (~2*h per layer) stay in the dtype, which the scales
+        # and biases are in too (toolkit's mlx backend casts before it quantizes: float32 on the CPU)
         norms = 2 * info.hidden_size * info.num_layers + info.hidden_size
         quantized = max(0, info.params - norms)
-        return int(quantized * bits_per_weight(q, group_size=_qcfg_group(info)) / 8) + norms * 2
+        return int(quantized * bits_per_weight(q, group_size=_qcfg_group(info), dtype=dtype) / 8) + norms * half
     bpw = bits_per_weight(q, group_size=_qcfg_group(info), in_features=in_f, out_features=out_f,
                           double_quant=BNB_4BIT_DOUBLE_QUANT)
     return int(linear * bpw / 8) + rest * half
@@ -241,12 +243,20 @@ HF_FUSED_GATE_UP = ("phi3", "phi4_multimodal", "glm", "glm4", "glm4v", "zamba2")
 # transformers 5.17 models whose MLA attention caches decompressed keys and values (their modeling files
 # call past_key_values.update(key_states, value_states)); the other MLA models cache the latent.
 HF_MLA_DECOMPRESSED = ("deepseek_v32", "glm_moe_dsa", "glm5_next", "hy_v4", "axk2")
+# mlx-lm 0.32.2 models whose attention caches decompressed keys (heads x (qk_nope + qk_rope)) and values
+# (heads x v_head_dim): models/deepseek_v2.py, minicpm3.py and youtu_llm.py call
+# cache.update_and_fetch(keys, values); its other MLA models cache (kv_latent, k_pe). Measured on
+# DeepSeek-V2-Lite with 2 layers at 2k tokens: mlx's prompt cache held 80 MiB, the decompressed size
+# (the latent would be 9 MiB).
+MLX_MLA_DECOMPRESSED = ("deepseek_v2", "minicpm3", "youtu_llm")
 
 
 def caches_mla_latent(info: ModelInfo, backend: str) -> bool:
     """Whether ``backend`` caches MLA's compressed latent (vLLM, llama.cpp, SGLang and most transformers
-    models) rather than decompressed keys and values (:data:`HF_MLA_DECOMPRESSED`)."""
-    return backend != "hf" or info.model_type not in HF_MLA_DECOMPRESSED
+    and mlx-lm models) rather than decompressed keys and values (:data:`HF_MLA_DECOMPRESSED`,
+    :data:`MLX_MLA_DECOMPRESSED`)."""
+    decompressed = {"hf": HF_MLA_DECOMPRESSED, "mlx": MLX_MLA_DECOMPRESSED}.get(backend, ())
+    return info.model_type not in decompressed
 
 
 # transformers 5.17 model types whose checkpoints hold one tensor per expert, stacked at load into one
@@ -284,6 +294,45 @@ def hf_load_extras(info: ModelInfo, quantization: str, dtype: str | None) -> dic
         inter = info.moe_intermediate_size or info.intermediate_size or 4 * info.hidden_size
         stacked = 2 * info.num_experts * inter * info.hidden_size * b
     return {k: v for k, v in (("mapped", mapped), ("stacked", stacked)) if v}
+
+
+def mlx_load_extras(info: ModelInfo, quantization: str, dtype: str | None) -> dict[str, int]:
+    """What an mlx load holds besides the loaded weights while it loads (``in_flight``; empty when nothing).
+
+    toolkit's mlx backend loads lazily and evaluates one weight at a time (``toolkit/backends/mlx.py``
+    ``_materialize``): the weight in flight is alive in the checkpoint's dtype next to its cast copy and,
+    when quantized at load, its cast copy next to the quantized one, until that weight is done. The
+    largest weight sets the peak: the embedding or untied ``lm_head`` (vocab x hidden), a stacked expert
+    projection (mlx-lm's ``sanitize`` stacks each layer's experts: experts x moe_intermediate x hidden) or
+    an MLP projection. A tied embedding is read first, when nothing else is loaded yet, so it counts only
+    where its two copies exceed all the weights plus the next largest. Measured with ``mx.get_peak_memory()``
+    after a float32 load of bfloat16 checkpoints (2 layers, random weights): Qwen1.5-MoE-A2.7B 7676 MB =
+    weights 7054 + lm_head 622 in bfloat16; DeepSeek-V2-Lite 4761 = 4341 + 419; Llama-3.2-1B (tied)
+    1576 = its embedding in bfloat16 + float32; Qwen1.5-MoE quantized to mlx-4bit at load 2969 = 1102 +
+    the lm_head in bfloat16 and float32 (1867).
+    """
+    if info.quantization != "none":
+        return {}
+    ckpt = normalize_dtype(info.checkpoint_dtype)
+    ckpt_b = DTYPES.get(ckpt or "", 2)
+    b = DTYPES.get(normalize_dtype(dtype) or ckpt or "bfloat16", ckpt_b)
+    cast = b != ckpt_b
+    quantize = (quantization or "none").startswith("mlx-")
+    if not (cast or quantize):
+        return {}
+    per_param = ckpt_b + (b if cast and quantize else 0)  # the copies alive while one weight is in flight
+    h = info.hidden_size or 0
+    others = [(info.intermediate_size or 0) * h]
+    if info.num_experts and info.moe_layers:
+        others.append(info.num_experts * (info.moe_intermediate_size or info.intermediate_size or 0) * h)
+    embedding = info.vocab_size * h
+    if info.tied_embeddings:
+        first = embedding * (ckpt_b + b)  # nothing else loaded yet
+        weights = weights_bytes(info, quantization, dtype, backend="mlx")
+        extra = max(max(others) * per_param, first - weights)
+    else:
+        extra = max(others + [embedding]) * per_param
+    return {"in_flight": int(extra)} if extra > 0 else {}
 
 
 def kv_bytes_per_token(info: ModelInfo, kv_dtype: str = "bfloat16", *, mla_latent: bool = True) -> int:

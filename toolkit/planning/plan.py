@@ -20,7 +20,7 @@ from toolkit.facts.probe import device_for
 from toolkit.planning import memory as mem
 from toolkit.planning.estimate import Candidate as _Candidate
 from toolkit.planning.commands import commands
-from toolkit.planning.estimate import engine_settings, estimate, kv_candidates
+from toolkit.planning.estimate import engine_settings, estimate, kv_candidates, load_extras
 from toolkit.planning.splits import across_nodes, fixed_offload, offload_plan
 from toolkit.planning.wishes import DEFAULT_CONTEXT, MIN_CONTEXT, Wishes
 from toolkit.planning.result import MemoryBreakdown, Plan
@@ -312,12 +312,15 @@ def _reasons(info: ModelInfo, dev: Device, chosen: _Candidate, m: MemoryBreakdow
                           "generation writes, one output per batch, plus the CPU backend's work buffer; the logits "
                           "part of the reserve is never written)" if m.engine_buffers else ""))
     if m.load_peak_bytes:
-        extras = mem.hf_load_extras(info, chosen.quantization, chosen.dtype)
+        extras = load_extras(info, dev, chosen)
         why = [f"converting the {info.checkpoint_dtype} checkpoint to {chosen.dtype} holds the mapped file "
                f"({_fmt(extras['mapped'])}) next to the converted weights until the load ends"] if "mapped" in extras else []
         if "stacked" in extras:
             why.append(f"stacking one MoE layer's {info.num_experts} gate and up experts into the fused parameter holds "
                        f"both stacks ({_fmt(extras['stacked'])}) while they are concatenated")
+        if "in_flight" in extras:
+            why.append(f"mlx reads the weights one at a time, and the largest holds {_fmt(extras['in_flight'])} in the "
+                       f"checkpoint's {info.checkpoint_dtype} and its cast or quantized copies while it is converted")
         reasons.append(f"the peak is the load, {_fmt(m.load_peak_bytes)}: " + "; ".join(why))
     scores = mem.hf_math_attention_bytes(info, max_ctx) if chosen.backend == "hf" and dev.kind == "cpu" else 0
     if scores:
