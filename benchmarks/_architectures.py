@@ -73,12 +73,13 @@ DEPTHS = {
 # tokens here: --long all measures it.)
 LONG_MEASURED = {("qwen2.5-0.5b", "hf"), ("qwen2.5-0.5b", "mlx"), ("qwen2.5-0.5b", "llamacpp")}
 FULL_DEPTH = {"qwen2.5-0.5b": 2048}  # also measured at the real depth, at this context
-# mlx[cpu] 0.32 is very slow on this machine (a 2048x2048x8192 float32 matmul ran at 0.6-0.8 GFLOPS,
-# bfloat16 at 0.9-1.3; Qwen2.5-1.5B with 2 layers took 470 s to fill 2k tokens), so mlx is measured
-# only in these cases; the others get the plan alone.
-# (Gemma 3 with 6 layers had not filled 2k tokens after 11 minutes, and was stopped.)
-MLX_MEASURED = {("llama-3.2-1b", 2048), ("qwen2.5-0.5b", 2048), ("qwen2.5-0.5b", 8192)}
-MLX_SLOW = "not measured: mlx[cpu] runs at ~1 GFLOPS on this machine (see MLX_MEASURED)"
+# mlx[cpu] 0.32's Linux wheel multiplies with the reference BLAS it bundles: ~1-3 GFLOPS here (a
+# 2048x2048x8192 float32 matmul ran at 0.6-0.8 GFLOPS, bfloat16 at 0.9-1.3; Qwen2.5-1.5B with 2 layers took
+# 470 s to fill 2k tokens). toolkit's mlx backend loads a system OpenBLAS ahead of it (toolkit.facts.blas:
+# ~60 GFLOPS), and then every mlx case below 32k is measured; with the bundled BLAS only these are.
+MLX_MEASURED = {("llama-3.2-1b", 2048), ("qwen2.5-0.5b", 2048), ("qwen2.5-0.5b", 8192), ("deepseek-v2-lite", 2048),
+                ("qwen1.5-moe-a2.7b", 2048)}
+MLX_SLOW = "not measured: mlx[cpu] with its bundled BLAS runs at ~1 GFLOPS on this machine (see MLX_MEASURED)"
 LONG_SLOW = "not measured: 32k prompts are slow here (the prompt's attention); --long all measures it"
 OUT = ROOT / "benchmarks" / "results" / "planner_accuracy_architectures.json"
 KV_TOL, BUFFERS_TOL, RSS_OVER, RSS_UNDER = 0.02, 0.05, 0.10, 0.05
@@ -102,7 +103,9 @@ class Case:
 def cases(long: str = "default") -> tuple[list[Case], list[dict]]:
     """The suite's cases, cheapest first, and the (arch, context) pairs skipped with a reason."""
     from toolkit.builtin import architectures as A
+    from toolkit.facts.blas import resolve
 
+    mlx_fast = resolve().library is not None
     out: list[Case] = []
     skipped: list[dict] = []
     for arch, (short, deep) in DEPTHS.items():
@@ -120,14 +123,14 @@ def cases(long: str = "default") -> tuple[list[Case], list[dict]]:
             for backend, fmt in formats:
                 measure = ctx < LONG or long == "all" or (long == "default" and (arch, backend) in LONG_MEASURED)
                 reason = "" if measure else LONG_SLOW
-                if backend == "mlx" and measure and (arch, ctx) not in MLX_MEASURED:
+                if backend == "mlx" and measure and not mlx_fast and (arch, ctx) not in MLX_MEASURED:
                     measure, reason = False, MLX_SLOW
                 out.append(Case(arch, layers, backend, fmt, ctx, measure, reason))
     for arch, ctx in FULL_DEPTH.items():
         real = A.real_layers(arch)
         for backend, fmt in (("hf", "hf"), ("llamacpp", "gguf-q4_k_m"), ("llamacpp", "gguf-f16")):
             out.append(Case(arch, real, backend, fmt, ctx, True))
-        out.append(Case(arch, real, "mlx", "hf", ctx, False, MLX_SLOW))
+        out.append(Case(arch, real, "mlx", "hf", ctx, mlx_fast, "" if mlx_fast else MLX_SLOW))
         for c in CONTEXTS[1:]:  # the engine's figures at the real depth cost a second each
             out.append(Case(arch, real, "llamacpp", "gguf-q4_k_m", c, False, "the engine's figures only"))
     # cheap first (so that a run cut short has most rows): hf and llamacpp up to 8k, then mlx and 32k
@@ -337,7 +340,9 @@ def summarise(row: dict) -> dict:
     elif row["backend"] == "mlx" and engine.get("mlx_peak_bytes"):
         s["engine_kv_bytes"] = engine.get("kv_bytes")
         s["engine_buffers_bytes"] = engine["mlx_peak_bytes"]
-        s["pred_buffers_bytes"] = pred_wkc
+        # mlx's peak is the load's where the weights' conversion holds more than the prefill does
+        load = (m.get("load_peak_bytes") or 0) - (m.get("overhead_bytes") or 0)
+        s["pred_buffers_bytes"] = max(pred_wkc, load)
         s["buffers_what"] = "mx.get_peak_memory()"
     elif row["backend"] == "hf" and engine.get("weights_bytes"):
         s["engine_kv_bytes"] = engine.get("kv_bytes")
@@ -478,6 +483,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--timeout", type=float, default=1800, help="seconds per measuring process")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--retry-failed", action="store_true", help="run the cases that failed last time again")
+    ap.add_argument("--again", action="store_true", help="measure the selected cases again even when recorded "
+                    "(with --only: after a change to the planner or a backend)")
     ap.add_argument("--list", action="store_true", help="print the cases and exit")
     ap.add_argument("--replan", action="store_true", help="plan every recorded case again with this checkout's "
                     "planner and recompute its errors, keeping the engine's and the measured figures (a case "
@@ -519,7 +526,9 @@ def main(argv: list[str] | None = None) -> int:
     try:
         for case in todo:
             old = done.get(case.key)
-            if old and not (args.retry_failed and old.get("error")):
+            # a case is done unless it failed (and --retry-failed) or is now measured where it was not
+            if old and old.get("measure") == case.measure and not args.again and \
+                    not (args.retry_failed and old.get("error")):
                 continue
             paths = report["builds"][f"{case.arch}/L{case.layers}"]["paths"]
             path = paths[case.fmt]

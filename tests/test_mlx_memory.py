@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -94,3 +95,28 @@ def test_no_conversion_no_load_extra(deepseek):
     assert mem.mlx_load_extras(info, "none", "bfloat16") == {}  # loaded as stored: nothing in flight
     assert mem.mlx_load_extras(info, "none", "float32") == {"in_flight": 8192 * 256 * 2}  # the lm_head in bf16
     assert mem.mlx_load_extras(info, "mlx-4bit", "float32") == {"in_flight": 8192 * 256 * (2 + 4)}
+
+
+def test_the_windowed_model_types_are_those_whose_mlx_lm_code_rotates():
+    """MLX_WINDOWED against the installed mlx-lm's own model files: those that make a RotatingKVCache (llama.py
+    only for configs with layer_types, left out on purpose), or delegate to one that does."""
+    import mlx_lm.models
+
+    folder = Path(mlx_lm.models.__file__).parent
+    rotating = {f.stem for f in folder.glob("*.py") if "RotatingKVCache" in f.read_text()} - {"cache", "llama"}
+    assert rotating <= set(mem.MLX_WINDOWED), sorted(rotating - set(mem.MLX_WINDOWED))
+    for wrapper in set(mem.MLX_WINDOWED) - rotating:  # gemma3 -> gemma3_text, gemma4 -> gemma4_text
+        assert f"{wrapper}_text" in rotating, wrapper
+
+
+def test_mlx_keeps_phi3s_whole_context_where_transformers_keeps_the_window(tmp_path):
+    from _modelfiles import make_folder
+
+    phi3 = inspect(make_folder(tmp_path / "phi3", A.published_config("phi-3-mini-4k")))
+    assert phi3.sliding_window == 2047
+    full = mem.kv_bytes_per_token(phi3, "float32") * 4096
+    assert mem.kv_cache_bytes(phi3, 4096, 1, "float32", backend="mlx") == full
+    assert mem.kv_cache_bytes(phi3, 4096, 1, "float32", backend="hf") == full * 2047 // 4096
+    gemma3 = inspect(make_folder(tmp_path / "gemma3", A.published_config("gemma-3-1b")))
+    assert mem.kv_cache_bytes(gemma3, 8192, 1, "float32", backend="mlx") == \
+        mem.kv_cache_bytes(gemma3, 8192, 1, "float32", backend="hf") < mem.kv_bytes_per_token(gemma3, "float32") * 8192

@@ -60,7 +60,7 @@ def estimate(info: ModelInfo, device: Device, c: Candidate, context: int, batch:
     w = mem.weights_bytes(info, c.quantization, c.dtype, backend=c.backend, device_kind=device.kind)
     latent = mem.caches_mla_latent(info, c.backend)
     kvt = mem.kv_bytes_per_token(info, c.kv_dtype, mla_latent=latent)
-    kv = mem.kv_cache_bytes(info, context, batch, c.kv_dtype, mla_latent=latent)
+    kv = mem.kv_cache_bytes(info, context, batch, c.kv_dtype, mla_latent=latent, backend=c.backend)
     act = mem.activation_bytes(info, context, batch, c.dtype, c.backend, device_kind=device.kind)
     dev = device if c.backend in ("vllm", "hf") else replace(device, count=1) if device.kind != "cuda" else device
     ovh = mem.overhead_bytes(c.backend, dev, weights_bytes=w, quantization=c.quantization)

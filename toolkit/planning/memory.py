@@ -353,11 +353,31 @@ def kv_bytes_per_token(info: ModelInfo, kv_dtype: str = "bfloat16", *, mla_laten
     return int(info.num_layers * 2 * info.num_kv_heads * info.head_dim * b)
 
 
+# mlx-lm 0.32.2 model types whose make_cache gives the windowed layers a RotatingKVCache (the model files
+# that use it, and the multimodal wrappers of gemma3/gemma4 that delegate to them). Every other mlx-lm
+# model keeps the whole context in a KVCache whatever its config's sliding_window says: phi3, gemma2,
+# mistral (llama.py keeps a window only for configs with layer_types, left out here: the plan then
+# errs high). Measured on Phi-3-mini-4k (window 2047) at 4k: mlx held 4096 tokens, transformers 2047.
+MLX_WINDOWED = ("gemma3", "gemma3_text", "gemma3n", "gemma4", "gemma4_text", "cohere2", "gpt_oss", "olmo3", "exaone4",
+                "exaone_moe", "baichuan_m1", "mimo_v2_flash", "plamo2", "plamo3", "afmoe", "step3p5", "ministral3",
+                "recurrent_gemma", "mellum", "laguna", "gear", "muse_glimmer", "muse_spark", "spark2_5",
+                "iquestloopcoder")
+
+
+def windowed_layers(info: ModelInfo, backend: str = "hf") -> int:
+    """The layers whose KV cache ``backend`` caps at the model's sliding window (transformers honours every
+    config's window; mlx-lm only in :data:`MLX_WINDOWED`; llama.cpp is priced from the GGUF elsewhere)."""
+    if not info.sliding_window or (backend == "mlx" and info.model_type not in MLX_WINDOWED):
+        return 0
+    return info.num_sliding_layers
+
+
 def kv_cache_bytes(info: ModelInfo, context: int, batch: int = 1, kv_dtype: str = "bfloat16", *,
-                   mla_latent: bool = True) -> int:
-    """KV cache bytes for ``batch`` sequences of ``context`` tokens; windowed layers cap at the window."""
+                   mla_latent: bool = True, backend: str = "hf") -> int:
+    """KV cache bytes for ``batch`` sequences of ``context`` tokens; windowed layers cap at the window
+    where ``backend`` keeps one (:func:`windowed_layers`)."""
     per_layer = kv_bytes_per_token(info, kv_dtype, mla_latent=mla_latent) / max(1, info.num_layers)
-    sliding = info.num_sliding_layers if info.sliding_window else 0
+    sliding = windowed_layers(info, backend)
     full = info.num_layers - sliding
     tokens = full * context + sliding * min(context, info.sliding_window or context)
     return int(per_layer * tokens * batch)
@@ -420,7 +440,7 @@ def activation_bytes(info: ModelInfo, context: int, batch: int = 1, dtype: str =
     mlx-lm prefill_step_size) and logits are kept for the last token only. Attention scores are not
     counted: SDPA/flash attention never materialise the full matrix — except hf on the CPU where the
     value heads differ in size from the query heads (:func:`hf_math_attention_bytes`) and mlx on the
-    CPU (:func:`mlx_cpu_scores_bytes`). mlx keeps the MLP's three intermediates live, as hf does
+    CPU (:func:`mlx_cpu_scores_bytes`). mlx keeps the MLP's intermediates live as hf does (three, four when fused)
     (mx.get_peak_memory() of a 2-layer float32 prefill: Llama-3.2-1B 2323 MiB against 2290 from this
     formula, Qwen2.5-0.5B 1021 against 1021).
     """
@@ -433,7 +453,9 @@ def activation_bytes(info: ModelInfo, context: int, batch: int = 1, dtype: str =
         logits = (tokens if mode == "score" else batch) * info.vocab_size * 4
         scores = hf_math_attention_bytes(info, context, batch) if device_kind == "cpu" else 0
     else:
-        live = 3 if mlx_cpu else 2
+        # mlx keeps the MLP's intermediates live as hf does, four where gate and up are one matrix
+        # (mlx-lm's phi3 splits a gate_up_proj output too)
+        live = (4 if info.model_type in HF_FUSED_GATE_UP else 3) if mlx_cpu else 2
         chunk = {"vllm": VLLM_MAX_BATCHED_TOKENS, "llamacpp": LLAMACPP_UBATCH, "mlx": MLX_PREFILL_STEP}.get(
             backend, LLAMACPP_UBATCH)
         tokens = min(batch * context, chunk)
