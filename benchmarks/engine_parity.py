@@ -122,8 +122,11 @@ def speed(models: dict[str, Path], repeats: int, timeout: float, rounds: int = 3
                 row = {"model": name, "threads": threads, "prompt_tokens_evaluated": mine[-1]["evaluated"]}
             for k in ("pp", "tg"):
                 got = [o[k] for o in mine]
+                # each round's pair ran back to back, so its ratio is free of the drift between rounds
+                paired = [a / b for a, b in zip(got, ref[k])] if len(got) == len(ref[k]) else []
                 row.update({f"toolkit_{k}": median(got), f"llama_bench_{k}": median(ref[k]),
-                            f"{k}_ratio": median(got) / median(ref[k]), f"toolkit_{k}_rounds": got,
+                            f"{k}_ratio": median(got) / median(ref[k]),
+                            f"{k}_ratio_paired": median(paired) if paired else None, f"toolkit_{k}_rounds": got,
                             f"llama_bench_{k}_rounds": ref[k]})
             row["rounds"] = rounds
             rows.append(row)
