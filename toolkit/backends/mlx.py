@@ -214,7 +214,7 @@ def load(target: LoadTarget) -> MLXLoaded:
     _check_folder(path)
     start = time.perf_counter()
     try:
-        # lazily: the weights are read when each is cast (below), so no two full copies are ever alive
+        # lazily: each weight is read, cast and quantized in turn by _materialize, so no two full copies are alive
         model, tokenizer = mlx_lm.load(str(path), lazy=True, trust_remote_code=target.trust_remote_code)
     except (ValueError, FileNotFoundError) as exc:
         from importlib.metadata import version
@@ -250,7 +250,7 @@ def _materialize(model: Any) -> None:
 
     Each weight is read from the checkpoint, cast and quantized as it is evaluated, and the checkpoint's
     copy is freed before the next one is read, so the load holds the weights as planned plus one tensor
-    in flight (:func:`toolkit.planning.memory.mlx_load_extra_bytes`). Evaluating the whole cast model at
+    in flight (:func:`toolkit.planning.memory.mlx_load_extras`). Evaluating the whole cast model at
     once, after an eager load, held every checkpoint copy beside its cast copy: an mlx peak of 10.6 GB
     for Qwen1.5-MoE-A2.7B with 2 layers in float32 from bfloat16, whose weights are 7.1 GB (7.7 GB now).
     """
