@@ -199,3 +199,15 @@ def test_mlx_cpu_scores_term_against_mlx_itself(heads, length, dtype):
     info = type("Info", (), {"num_heads": heads})()
     planned = mem.mlx_cpu_scores_bytes(info, length, 1, dtype)
     assert 0.8 * planned <= rise <= 1.1 * planned, (rise, planned)
+
+
+def test_mlx_load_extras_quantizing_at_load(tmp_path):
+    qwen = info_for(tmp_path, "qwen1.5-moe-a2.7b")  # bfloat16 checkpoint, untied lm_head of 151936 x 2048
+    assert mem.mlx_load_extras(qwen, "none", "bfloat16") == {}
+    assert mem.mlx_load_extras(qwen, "none", "float32") == {"in_flight": 151936 * 2048 * 2}
+    extras = mem.mlx_load_extras(qwen, "mlx-4bit", "float32")
+    assert extras == {"in_flight": 151936 * 2048 * (2 + 4)}  # read in bfloat16, cast to float32, then quantized
+    p = toolkit.plan(qwen, "cpu:96GiB", backend="mlx", quantization="mlx-4bit", context=2048)
+    assert p.dtype == "float32"
+    assert p.memory.load_peak_bytes == p.memory.overhead_bytes + p.memory.weights_bytes + extras["in_flight"]
+    assert any("mlx reads the weights one at a time" in r and "before it is quantized" in r for r in p.reasons)

@@ -319,8 +319,11 @@ def _reasons(info: ModelInfo, dev: Device, chosen: _Candidate, m: MemoryBreakdow
             why.append(f"stacking one MoE layer's {info.num_experts} gate and up experts into the fused parameter holds "
                        f"both stacks ({_fmt(extras['stacked'])}) while they are concatenated")
         if "in_flight" in extras:
-            why.append(f"mlx reads the weights one at a time, and the largest holds {_fmt(extras['in_flight'])} in the "
-                       f"checkpoint's {info.checkpoint_dtype} and its cast or quantized copies while it is converted")
+            copies = f"its {info.checkpoint_dtype} checkpoint copy" + (
+                f" and its {chosen.dtype} copy, before it is quantized" if chosen.quantization.startswith("mlx-")
+                and mem.normalize_dtype(chosen.dtype) != mem.normalize_dtype(info.checkpoint_dtype) else "")
+            why.append(f"mlx reads the weights one at a time: while the largest is converted, "
+                       f"{_fmt(extras['in_flight'])} of it is alive beside the loaded weights ({copies})")
         reasons.append(f"the peak is the load, {_fmt(m.load_peak_bytes)}: " + "; ".join(why))
     scores = mem.hf_math_attention_bytes(info, max_ctx) if chosen.backend == "hf" and dev.kind == "cpu" else 0
     if scores:
