@@ -145,23 +145,39 @@ def toolkit_mlx_speed(model: str, repeats: int) -> dict:
         return {"pp": r.prefill_tok_s, "tg": r.decode_tok_s}
 
 
-def mlx(repeats: int, timeout: float) -> list[dict]:
+def mlx(repeats: int, timeout: float, rounds: int = 3) -> list[dict]:
+    """``mlx_lm benchmark`` and toolkit alternately, ``rounds`` times, compared by medians (as :func:`speed`):
+    single runs of the tiny mlx-4bit swing by 10 % here."""
+    import statistics
+
     from toolkit.builtin.tiny import tiny
 
     path = tiny("mlx-4bit", progress=False)
     # the same BLAS as toolkit's mlx backend loads (toolkit.facts.blas), preloaded the way a user would
     blas = resolve().library
     env = {**os.environ, **({"LD_PRELOAD": blas} if blas else {})}
-    out = subprocess.run([sys.executable, "-m", "mlx_lm", "benchmark", "--model", str(path), "-p", str(PP), "-g",
-                          str(TG), "-n", str(repeats)], capture_output=True, text=True, check=True, env=env)
-    m = re.search(r"Averages: prompt_tps=([\d.]+), generation_tps=([\d.]+)", out.stdout + out.stderr)
-    theirs = {"pp": float(m[1]), "tg": float(m[2])}
-    ours = run_worker(f"{Path(__file__).resolve()}:toolkit_mlx_speed", {"model": str(path), "repeats": repeats},
-                      timeout)
-    row = {"model": "tiny mlx-4bit", "blas": blas or "bundled", "toolkit_pp": ours.get("pp"), "mlx_lm_pp": theirs["pp"],
-           "toolkit_tg": ours.get("tg"), "mlx_lm_tg": theirs["tg"], "error": ours.get("error")}
-    if not row["error"]:
-        row.update(pp_ratio=row["toolkit_pp"] / theirs["pp"], tg_ratio=row["toolkit_tg"] / theirs["tg"])
+    theirs: dict[str, list[float]] = {"pp": [], "tg": []}
+    ours: dict[str, list[float]] = {"pp": [], "tg": []}
+    for _ in range(rounds):
+        out = subprocess.run([sys.executable, "-m", "mlx_lm", "benchmark", "--model", str(path), "-p", str(PP),
+                              "-g", str(TG), "-n", str(repeats)], capture_output=True, text=True, check=True, env=env)
+        m = re.search(r"Averages: prompt_tps=([\d.]+), generation_tps=([\d.]+)", out.stdout + out.stderr)
+        got = run_worker(f"{Path(__file__).resolve()}:toolkit_mlx_speed", {"model": str(path), "repeats": repeats},
+                         timeout)
+        if got.get("error"):
+            row = {"model": "tiny mlx-4bit", "blas": blas or "bundled", "error": got["error"]}
+            print(json.dumps(row), flush=True)
+            return [row]
+        for k, v in (("pp", float(m[1])), ("tg", float(m[2]))):
+            theirs[k].append(v)
+            ours[k].append(got[k])
+    median = statistics.median
+    row = {"model": "tiny mlx-4bit", "blas": blas or "bundled", "rounds": rounds, "error": None}
+    for k in ("pp", "tg"):
+        row.update({f"toolkit_{k}": median(ours[k]), f"mlx_lm_{k}": median(theirs[k]),
+                    f"{k}_ratio": median(ours[k]) / median(theirs[k]),
+                    f"{k}_ratio_paired": median([a / b for a, b in zip(ours[k], theirs[k])]),
+                    f"toolkit_{k}_rounds": ours[k], f"mlx_lm_{k}_rounds": theirs[k]})
     print(json.dumps(row), flush=True)
     return [row]
 
@@ -237,7 +253,7 @@ def main(argv: list[str] | None = None) -> int:
 
     sections = {"speed": lambda: speed(models, args.repeats, args.timeout, args.rounds),
                 "quality": lambda: quality(tools(), smollm2(), args.timeout),
-                "mlx": lambda: mlx(args.repeats, args.timeout), "vllm": lambda: vllm(args.repeats, args.timeout)}
+                "mlx": lambda: mlx(args.repeats, args.timeout, args.rounds), "vllm": lambda: vllm(args.repeats, args.timeout)}
     for name, measure in sections.items():
         if name not in parts:
             continue
