@@ -62,3 +62,17 @@ def test_the_environment_record_names_the_blas() -> None:
     from toolkit.measuring.environment import environment
 
     assert environment(devices=False)["mlx_blas"] == find_openblas()
+
+
+def test_torch_keeps_its_own_lapack_beside_mlx() -> None:
+    """OpenBLAS joins the process's global scope; torch, loaded first, still binds LAPACK to its own copy."""
+    pytest.importorskip("torch")
+    code = ("import toolkit.backends.mlx, torch; a = torch.randn(8, 8, dtype=torch.float64) + 8 * torch.eye(8, "
+            "dtype=torch.float64); torch.linalg.solve(a, a)")
+    env = {**os.environ, "LD_DEBUG": "bindings", "TOOLKIT_MLX_BLAS": "auto"}
+    run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=300)
+    assert run.returncode == 0, run.stderr[-2000:]
+    torch_lapack = [ln for ln in run.stderr.splitlines() if "libtorch_cpu" in ln.split(" to ", 1)[0]
+                    and "`dgetrf_'" in ln]
+    assert torch_lapack, "torch's dgetrf_ was never bound: " + run.stderr[-2000:]
+    assert all("openblas" not in ln.split(" to ", 1)[1] for ln in torch_lapack), torch_lapack

@@ -5,7 +5,8 @@ netlib's Fortran loops). Its float32 and bfloat16 matmuls ran at ~3 GFLOPS on th
 machine; with OpenBLAS answering the same ``cblas_sgemm`` calls, ~60 GFLOPS (a 1024x1024 by 1024x2048
 float32 matmul, measured 2026-12-06). A shared library loaded with ``RTLD_GLOBAL`` before mlx's own is
 searched first when the dynamic linker binds mlx's BLAS symbols, so loading a system OpenBLAS that way
-before ``import mlx.core`` is enough: nothing in mlx changes, only which library answers.
+before ``import mlx.core`` is enough: nothing in mlx changes, only which library answers. torch is imported
+before that (where installed; mlx_lm imports it anyway), so that torch keeps its own BLAS and LAPACK.
 
 ``TOOLKIT_MLX_BLAS`` chooses: ``auto`` (the default: a system OpenBLAS when one is found, else the
 bundled BLAS), ``bundled`` (leave mlx as its wheel ships it), or the path of a BLAS library to load.
@@ -16,6 +17,7 @@ from __future__ import annotations
 
 import ctypes
 import ctypes.util
+import importlib.util
 import os
 import sys
 from dataclasses import dataclass
@@ -71,6 +73,11 @@ def prefer_fast_blas_for_mlx() -> BlasChoice:
         return _choice
     choice = resolve()
     if choice.library:
+        if "torch" not in sys.modules and importlib.util.find_spec("torch") is not None:
+            # torch first (mlx_lm imports it anyway): libtorch_cpu binds its symbols as it loads, so it keeps its
+            # own BLAS and LAPACK; loaded after OpenBLAS joined the global scope, its LAPACK calls (sgetrf_,
+            # spotrf_: torch.linalg, GPTQ's Cholesky) would go to OpenBLAS instead
+            import torch  # noqa: F401
         try:
             ctypes.CDLL(choice.library, mode=ctypes.RTLD_GLOBAL)
         except OSError as exc:
