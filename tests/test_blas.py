@@ -76,3 +76,18 @@ def test_torch_keeps_its_own_lapack_beside_mlx() -> None:
                     and "`dgetrf_'" in ln]
     assert torch_lapack, "torch's dgetrf_ was never bound: " + run.stderr[-2000:]
     assert all("openblas" not in ln.split(" to ", 1)[1] for ln in torch_lapack), torch_lapack
+
+
+@pytest.mark.parametrize("wanted,expected", [(None, 1), ("2", 2)])
+def test_one_openblas_thread_unless_the_user_sets_it(wanted, expected) -> None:
+    """Debian's OpenBLAS 0.3.21 hung at exit joining a worker thread after mlx work: one thread by default."""
+    code = ("import ctypes, os, toolkit.backends.mlx; lib = ctypes.CDLL('" + str(find_openblas()) + "'); "
+            "print(lib.openblas_get_num_threads(), os.environ.get('OPENBLAS_NUM_THREADS'))")
+    env = {k: v for k, v in os.environ.items() if k != "OPENBLAS_NUM_THREADS"}
+    if wanted:
+        env["OPENBLAS_NUM_THREADS"] = wanted
+    run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=300)
+    assert run.returncode == 0, run.stderr[-2000:]
+    threads, left = run.stdout.split()[-2:]
+    assert int(threads) == expected
+    assert left == (wanted or "None")  # the variable is set only around the load

@@ -2,8 +2,8 @@
 
 The ``mlx[cpu]`` wheel for Linux (mlx 0.32.4) links the reference BLAS it bundles (``mlx_cpu.libs/libblas``,
 netlib's Fortran loops). Its float32 and bfloat16 matmuls ran at ~3 GFLOPS on this project's 2-core
-machine; with OpenBLAS answering the same ``cblas_sgemm`` calls, ~60 GFLOPS (a 1024x1024 by 1024x2048
-float32 matmul, measured 2026-12-06). A shared library loaded with ``RTLD_GLOBAL`` before mlx's own is
+machine; with OpenBLAS answering the same ``cblas_sgemm`` calls, 85 GFLOPS on one OpenBLAS thread (the
+default here, see below) and 180 on two (a 1024x1024 by 1024x2048 float32 matmul on 2 idle cores, 2026-12-06). A shared library loaded with ``RTLD_GLOBAL`` before mlx's own is
 searched first when the dynamic linker binds mlx's BLAS symbols, so loading a system OpenBLAS that way
 before ``import mlx.core`` is enough: nothing in mlx changes, only which library answers. torch is imported
 before that (where installed; mlx_lm imports it anyway), so that torch keeps its own BLAS and LAPACK.
@@ -78,12 +78,24 @@ def prefer_fast_blas_for_mlx() -> BlasChoice:
             # own BLAS and LAPACK; loaded after OpenBLAS joined the global scope, its LAPACK calls (sgetrf_,
             # spotrf_: torch.linalg, GPTQ's Cholesky) would go to OpenBLAS instead
             import torch  # noqa: F401
+        # One OpenBLAS thread unless the user chose otherwise: Debian's OpenBLAS 0.3.21 (pthreads) hung at process
+        # exit here after an mlx prefill (gotoblas_quit -> blas_thread_shutdown_ joined a worker that never
+        # woke; traced with gdb), and with no worker threads there is nothing to join. It halves the matmul
+        # speed on 2 idle cores (1024x1024 by 1024x2048 float32: 85 GFLOPS at 1 thread, 180 at 2, the bundled
+        # BLAS 5.5); OPENBLAS_NUM_THREADS set by the user wins. OpenBLAS reads it when it loads, so it is set
+        # only around the load.
+        forced = "OPENBLAS_NUM_THREADS" not in os.environ
+        if forced:
+            os.environ["OPENBLAS_NUM_THREADS"] = "1"
         try:
             ctypes.CDLL(choice.library, mode=ctypes.RTLD_GLOBAL)
         except OSError as exc:
             raise OSError(f"{ENV}={os.environ.get(ENV)!r}: cannot load {choice.library}: {exc}. Set {ENV} to the "
                           "path of a BLAS shared library, to 'auto' (a system OpenBLAS when found) or to "
                           "'bundled'") from exc
+        finally:
+            if forced:
+                del os.environ["OPENBLAS_NUM_THREADS"]
     _choice = choice
     return _choice
 
