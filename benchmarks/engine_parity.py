@@ -155,7 +155,9 @@ def mlx(repeats: int, timeout: float, rounds: int = 3) -> list[dict]:
     path = tiny("mlx-4bit", progress=False)
     # the same BLAS as toolkit's mlx backend loads (toolkit.facts.blas), preloaded the way a user would
     blas = resolve().library
-    env = {**os.environ, **({"LD_PRELOAD": blas} if blas else {})}
+    # (and with as many OpenBLAS threads: toolkit loads it with one unless OPENBLAS_NUM_THREADS says otherwise)
+    env = {**os.environ, **({"LD_PRELOAD": blas, "OPENBLAS_NUM_THREADS": os.environ.get("OPENBLAS_NUM_THREADS", "1")}
+                            if blas else {})}
     theirs: dict[str, list[float]] = {"pp": [], "tg": []}
     ours: dict[str, list[float]] = {"pp": [], "tg": []}
     for _ in range(rounds):
