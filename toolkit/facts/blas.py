@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import ctypes
 import ctypes.util
+import importlib
 import importlib.util
 import os
 import sys
@@ -77,7 +78,7 @@ def prefer_fast_blas_for_mlx() -> BlasChoice:
             # torch first (mlx_lm imports it anyway): libtorch_cpu binds its symbols as it loads, so it keeps its
             # own BLAS and LAPACK; loaded after OpenBLAS joined the global scope, its LAPACK calls (sgetrf_,
             # spotrf_: torch.linalg, GPTQ's Cholesky) would go to OpenBLAS instead
-            import torch  # noqa: F401
+            importlib.import_module("torch")
         # One OpenBLAS thread unless the user chose otherwise: Debian's OpenBLAS 0.3.21 (pthreads) hung at process
         # exit here after an mlx prefill (gotoblas_quit -> blas_thread_shutdown_ joined a worker that never
         # woke; traced with gdb), and with no worker threads there is nothing to join. It halves the matmul
