@@ -73,6 +73,7 @@ DEPTHS = {
 # tokens here: --long all measures it.)
 LONG_MEASURED = {("qwen2.5-0.5b", "hf"), ("qwen2.5-0.5b", "mlx"), ("qwen2.5-0.5b", "llamacpp")}
 FULL_DEPTH = {"qwen2.5-0.5b": 2048}  # also measured at the real depth, at this context
+MLX_DEPTH = {"gemma-3-1b": 12}  # mlx depth where the last layer is not the only global one (see cases())
 # mlx[cpu] 0.32's Linux wheel multiplies with the reference BLAS it bundles: ~1-3 GFLOPS here (a
 # 2048x2048x8192 float32 matmul ran at 0.6-0.8 GFLOPS, bfloat16 at 0.9-1.3; Qwen2.5-1.5B with 2 layers took
 # 470 s to fill 2k tokens). toolkit's mlx backend loads a system OpenBLAS ahead of it (toolkit.facts.blas:
@@ -122,8 +123,9 @@ def cases(long: str = "default") -> tuple[list[Case], list[dict]]:
                 formats.append(("llamacpp", "gguf-f16"))
             for backend, fmt in formats:
                 # mlx-lm's prefill evaluates only the caches' state between chunks, so the last layer's
-                # attention over the prompt is never computed: one layer would measure no attention at all
-                depth = max(layers, 2) if backend == "mlx" else layers
+                # attention over the prompt is never computed: one layer would measure no attention at all, and
+                # Gemma 3 at 6 layers none of its global layer's (the 6th); 12 layers have one inside
+                depth = MLX_DEPTH.get(arch, max(layers, 2)) if backend == "mlx" else layers
                 measure = ctx < LONG or long == "all" or (long == "default" and (arch, backend) in LONG_MEASURED)
                 reason = "" if measure else LONG_SLOW
                 if backend == "mlx" and measure and not mlx_fast and (arch, ctx) not in MLX_MEASURED:
