@@ -55,6 +55,19 @@ def smollm2() -> Path | None:
     return path if path.exists() else None
 
 
+def compared(k: str, ours: list[float], theirs: list[float], ref: str) -> dict:
+    """toolkit's rounds of measure ``k`` beside the reference tool's (named ``ref`` in the keys): medians, the
+    ratio of the medians, and the median of each round's ratio (its two runs back to back, so free of the drift
+    between rounds; None when an error left the rounds unpaired)."""
+    import statistics
+
+    median = statistics.median
+    paired = [a / b for a, b in zip(ours, theirs)] if len(ours) == len(theirs) else []
+    return {f"toolkit_{k}": median(ours), f"{ref}_{k}": median(theirs), f"{k}_ratio": median(ours) / median(theirs),
+            f"{k}_ratio_paired": median(paired) if paired else None, f"toolkit_{k}_rounds": ours,
+            f"{ref}_{k}_rounds": theirs}
+
+
 # --- speed: llama-bench ---------------------------------------------------------------------------
 
 def llama_bench(bin_dir: Path, model: Path, threads: int, repeats: int) -> dict[str, tuple[float, float]]:
@@ -121,13 +134,7 @@ def speed(models: dict[str, Path], repeats: int, timeout: float, rounds: int = 3
             else:
                 row = {"model": name, "threads": threads, "prompt_tokens_evaluated": mine[-1]["evaluated"]}
             for k in ("pp", "tg"):
-                got = [o[k] for o in mine]
-                # each round's pair ran back to back, so its ratio is free of the drift between rounds
-                paired = [a / b for a, b in zip(got, ref[k])] if len(got) == len(ref[k]) else []
-                row.update({f"toolkit_{k}": median(got), f"llama_bench_{k}": median(ref[k]),
-                            f"{k}_ratio": median(got) / median(ref[k]),
-                            f"{k}_ratio_paired": median(paired) if paired else None, f"toolkit_{k}_rounds": got,
-                            f"llama_bench_{k}_rounds": ref[k]})
+                row.update(compared(k, [o[k] for o in mine], ref[k], "llama_bench"))
             row["rounds"] = rounds
             rows.append(row)
             print(json.dumps(row), flush=True)
@@ -148,8 +155,6 @@ def toolkit_mlx_speed(model: str, repeats: int) -> dict:
 def mlx(repeats: int, timeout: float, rounds: int = 3) -> list[dict]:
     """``mlx_lm benchmark`` and toolkit alternately, ``rounds`` times, compared by medians (as :func:`speed`):
     single runs of the tiny mlx-4bit swing by 10 % here."""
-    import statistics
-
     from toolkit.builtin.tiny import tiny
 
     path = tiny("mlx-4bit", progress=False)
@@ -173,13 +178,9 @@ def mlx(repeats: int, timeout: float, rounds: int = 3) -> list[dict]:
         for k, v in (("pp", float(m[1])), ("tg", float(m[2]))):
             theirs[k].append(v)
             ours[k].append(got[k])
-    median = statistics.median
     row = {"model": "tiny mlx-4bit", "blas": blas or "bundled", "rounds": rounds, "error": None}
     for k in ("pp", "tg"):
-        row.update({f"toolkit_{k}": median(ours[k]), f"mlx_lm_{k}": median(theirs[k]),
-                    f"{k}_ratio": median(ours[k]) / median(theirs[k]),
-                    f"{k}_ratio_paired": median([a / b for a, b in zip(ours[k], theirs[k])]),
-                    f"toolkit_{k}_rounds": ours[k], f"mlx_lm_{k}_rounds": theirs[k]})
+        row.update(compared(k, ours[k], theirs[k], "mlx_lm"))
     print(json.dumps(row), flush=True)
     return [row]
 

@@ -27,11 +27,17 @@ MATMUL = ("import toolkit.backends.mlx, mlx.core as mx; from toolkit.facts.blas 
           "print(mlx_blas().library); mx.eval(mx.ones((64, 64)) @ mx.ones((64, 64)))")
 
 
+def _python(code: str, env: dict[str, str], ok: bool = True) -> subprocess.CompletedProcess:
+    """``code`` in a fresh interpreter with ``env``; it must exit 0 when ``ok``."""
+    run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=300)
+    if ok:
+        assert run.returncode == 0, run.stderr[-2000:]
+    return run
+
+
 def _sgemm_binding(blas: str) -> tuple[str, str]:
     """(what toolkit says it loaded, the library the dynamic linker bound libmlx's cblas_sgemm to)."""
-    env = {**os.environ, "LD_DEBUG": "bindings", "TOOLKIT_MLX_BLAS": blas}
-    run = subprocess.run([sys.executable, "-c", MATMUL], capture_output=True, text=True, env=env, timeout=300)
-    assert run.returncode == 0, run.stderr[-2000:]
+    run = _python(MATMUL, {**os.environ, "LD_DEBUG": "bindings", "TOOLKIT_MLX_BLAS": blas})
     lines = [ln for ln in run.stderr.splitlines() if "libmlx" in ln and "`cblas_sgemm'" in ln]
     assert lines, "libmlx's cblas_sgemm was never bound: " + run.stderr[-2000:]
     return run.stdout.strip().splitlines()[-1], lines[0].split(" to ", 1)[1].split(" [", 1)[0]
@@ -50,9 +56,8 @@ def test_bundled_leaves_mlx_as_its_wheel_ships_it() -> None:
 
 
 def test_a_blas_that_cannot_be_loaded_is_a_clear_error() -> None:
-    env = {**os.environ, "TOOLKIT_MLX_BLAS": "/nonexistent/libblas.so"}
-    run = subprocess.run([sys.executable, "-c", "import toolkit.backends.mlx"], capture_output=True, text=True,
-                         env=env, timeout=300)
+    run = _python("import toolkit.backends.mlx", {**os.environ, "TOOLKIT_MLX_BLAS": "/nonexistent/libblas.so"},
+                  ok=False)
     assert run.returncode != 0
     assert "TOOLKIT_MLX_BLAS='/nonexistent/libblas.so': cannot load" in run.stderr
     assert "'bundled'" in run.stderr
@@ -69,9 +74,7 @@ def test_torch_keeps_its_own_lapack_beside_mlx() -> None:
     pytest.importorskip("torch")
     code = ("import toolkit.backends.mlx, torch; a = torch.randn(8, 8, dtype=torch.float64) + 8 * torch.eye(8, "
             "dtype=torch.float64); torch.linalg.solve(a, a)")
-    env = {**os.environ, "LD_DEBUG": "bindings", "TOOLKIT_MLX_BLAS": "auto"}
-    run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=300)
-    assert run.returncode == 0, run.stderr[-2000:]
+    run = _python(code, {**os.environ, "LD_DEBUG": "bindings", "TOOLKIT_MLX_BLAS": "auto"})
     torch_lapack = [ln for ln in run.stderr.splitlines() if "libtorch_cpu" in ln.split(" to ", 1)[0]
                     and "`dgetrf_'" in ln]
     assert torch_lapack, "torch's dgetrf_ was never bound: " + run.stderr[-2000:]
@@ -86,8 +89,7 @@ def test_one_openblas_thread_unless_the_user_sets_it(wanted, expected) -> None:
     env = {k: v for k, v in os.environ.items() if k != "OPENBLAS_NUM_THREADS"}
     if wanted:
         env["OPENBLAS_NUM_THREADS"] = wanted
-    run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=300)
-    assert run.returncode == 0, run.stderr[-2000:]
+    run = _python(code, env)
     threads, left = run.stdout.split()[-2:]
     assert int(threads) == expected
     assert left == (wanted or "None")  # the variable is set only around the load
