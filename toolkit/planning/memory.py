@@ -406,19 +406,56 @@ def hf_math_attention_bytes(info: ModelInfo, context: int, batch: int = 1) -> in
 
 
 # mlx[cpu]: mx.fast.scaled_dot_product_attention has no fused kernel on the CPU and materialises each
-# layer's scores, heads x chunk x keys in the activation dtype. Measured alone (mlx 0.32.4 cpu, float32
-# and bfloat16, 8-32 heads, 512-2047 tokens): mx.get_peak_memory() rises by 1.03-1.08x the scores'
-# size; 1.08 is the top of that. The prefill's last chunk holds the most (chunk = prefill_step_size
-# tokens attending to the whole prompt). Metal's fused kernel does not materialise them (not verified
-# here: no Mac), so the term is for device kind "cpu" only.
-MLX_CPU_SCORES_COPIES = 1.08
+# layer's scores, heads x chunk x keys in the activation dtype, once: measured alone (mlx 0.32.4 cpu,
+# Phi-3's 32 heads x 96, float32, causal; 2026-12-06) mx.get_peak_memory() rose by the scores plus the
+# scaled queries, the output and the boolean causal mask (chunk x keys bytes), to the MiB: 2047 x 2047
+# 563 MiB, 2046 x 4094 1078, 1024 x 3072 411. (Until 2026-12-06 the term was 1.08 x the scores, a fit
+# on square shapes that over-counted by 0.66 GiB at 32k.) The prefill's last chunk holds the most
+# (chunk = prefill_step_size tokens attending to the whole prompt). Metal's fused kernel does not
+# materialise them (not verified here: no Mac), so the term is for device kind "cpu" only.
+MLX_CPU_SCORES_COPIES = 1.0
 
 
 def mlx_cpu_scores_bytes(info: ModelInfo, context: int, batch: int = 1, dtype: str = "bfloat16") -> int:
-    """The attention scores mlx[cpu] materialises in the prefill's last chunk (:data:`MLX_CPU_SCORES_COPIES`)."""
+    """The attention scores mlx[cpu] materialises in the prefill's last chunk, with what its attention
+    fallback holds beside them: the scaled queries, the output and the causal mask (see
+    :data:`MLX_CPU_SCORES_COPIES`)."""
     b = DTYPES.get(normalize_dtype(dtype) or "bfloat16", 2)
     chunk = min(context, MLX_PREFILL_STEP)
-    return int(MLX_CPU_SCORES_COPIES * batch * info.num_heads * chunk * context * b)
+    heads, _, qk_head, v_head = _attention_heads(info)
+    scores = MLX_CPU_SCORES_COPIES * heads * chunk * context * b
+    return int(batch * (scores + chunk * heads * (qk_head + v_head) * b + chunk * context))
+
+
+def _attention_heads(info: ModelInfo) -> tuple[int, int, int, int]:
+    """(query heads, key/value heads, query/key head size, value head size); MLA's decompressed heads."""
+    heads, kv_heads = info.num_heads, info.num_kv_heads or info.num_heads
+    head = info.head_dim or (info.hidden_size // max(heads, 1))
+    if info.attention == "MLA" and info.kv_lora_rank:
+        return heads, heads, (info.head_dim or 128) + (info.qk_rope_head_dim or 64), info.v_head_dim or 128
+    return heads, kv_heads, head, head
+
+
+def mlx_cpu_attention_bytes(info: ModelInfo, context: int, batch: int = 1, dtype: str = "bfloat16") -> int:
+    """What one layer's attention holds in the prefill's last chunk on mlx[cpu]: the scores
+    (:func:`mlx_cpu_scores_bytes`), the q/k/v projections and the rotated copies of q and k; and, when
+    the prompt spans more than one chunk, one layer's cache grown by concatenation (mlx-lm's ``KVCache``
+    concatenates zeros onto the old keys and values, and the old, the zeros and the grown arrays are
+    alive together: measured alone on Phi-3's widths growing 2048 -> 4096 tokens, mlx's peak rose by one
+    layer's grown cache). Fitted on nothing: each piece is an array mlx-lm's forward makes; against
+    mx.get_peak_memory() of the 20 mlx cases of ``benchmarks/planner_accuracy.py --suite architectures``
+    (2-12 layers, 2k-32k, float32) the buffers err -2.5 % ... +3.0 % with this term, -7.8 % ... +5.2 %
+    with the scores alone at 1.08 x."""
+    b = DTYPES.get(normalize_dtype(dtype) or "bfloat16", 2)
+    chunk = min(context, MLX_PREFILL_STEP)
+    heads, kv_heads, qk_head, v_head = _attention_heads(info)
+    projections = chunk * (heads * qk_head + kv_heads * (qk_head + v_head)) * b
+    rotated = chunk * (heads + kv_heads) * qk_head * b
+    grown = 0
+    if context > MLX_PREFILL_STEP and info.num_layers:
+        one_layer = kv_bytes_per_token(info, dtype, mla_latent=caches_mla_latent(info, "mlx")) / info.num_layers
+        grown = int(one_layer * context)
+    return mlx_cpu_scores_bytes(info, context, batch, dtype) + batch * (projections + rotated + grown)
 
 
 def activation_bytes(info: ModelInfo, context: int, batch: int = 1, dtype: str = "bfloat16",
@@ -440,7 +477,7 @@ def activation_bytes(info: ModelInfo, context: int, batch: int = 1, dtype: str =
     mlx-lm prefill_step_size) and logits are kept for the last token only. Attention scores are not
     counted: SDPA/flash attention never materialise the full matrix — except hf on the CPU where the
     value heads differ in size from the query heads (:func:`hf_math_attention_bytes`) and mlx on the
-    CPU (:func:`mlx_cpu_scores_bytes`). mlx keeps the MLP's intermediates live as hf does (three, four when fused)
+    CPU (:func:`mlx_cpu_attention_bytes`: the scores, the projections and a growing cache). mlx keeps the MLP's intermediates live as hf does (three, four when fused)
     (mx.get_peak_memory() of a 2-layer float32 prefill: Llama-3.2-1B 2323 MiB against 2290 from this
     formula, Qwen2.5-0.5B 1021 against 1021).
     """
@@ -460,7 +497,7 @@ def activation_bytes(info: ModelInfo, context: int, batch: int = 1, dtype: str =
             backend, LLAMACPP_UBATCH)
         tokens = min(batch * context, chunk)
         logits = batch * info.vocab_size * 4
-        scores = mlx_cpu_scores_bytes(info, context, batch, dtype) if mlx_cpu else 0
+        scores = mlx_cpu_attention_bytes(info, context, batch, dtype) if mlx_cpu else 0
     per_token = (live * inter + 4 * info.hidden_size) * b
     return int(tokens * per_token + logits + scores)
 

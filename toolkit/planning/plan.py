@@ -333,10 +333,11 @@ def _reasons(info: ModelInfo, dev: Device, chosen: _Candidate, m: MemoryBreakdow
                        f"({mem.HF_MATH_ATTENTION_COPIES} x heads x context^2 float32)")
     if chosen.backend == "mlx" and dev.kind == "cpu":
         chunk = min(max_ctx, mem.MLX_PREFILL_STEP)
-        reasons.append(f"attention scores {_fmt(mem.mlx_cpu_scores_bytes(info, max_ctx, dtype=chosen.dtype))} at "
+        grown = " and one layer's cache while mlx-lm grows it by concatenation" if max_ctx > chunk else ""
+        reasons.append(f"attention {_fmt(mem.mlx_cpu_attention_bytes(info, max_ctx, dtype=chosen.dtype))} at "
                        f"{max_ctx} tokens: mlx on the CPU has no fused attention kernel, so the prefill's last "
-                       f"chunk materialises a layer's scores ({mem.MLX_CPU_SCORES_COPIES} x {info.num_heads} heads x "
-                       f"{chunk} x {max_ctx} in {chosen.dtype}); a shorter --context shrinks them")
+                       f"chunk materialises a layer's scores ({info.num_heads} heads x {chunk} x {max_ctx} in "
+                       f"{chosen.dtype}) beside its q/k/v projections{grown}; a shorter --context shrinks them")
     if info.weights_format == "pickle":
         reasons.append("weights are pickle files (never opened while planning): convert them to safetensors, "
                        "or load with allow_pickle=True (--allow-pickle) if you trust their source")
