@@ -8,6 +8,7 @@ for the module on ``tiny("gguf-f16")`` and stopped at the end.
 from __future__ import annotations
 
 import asyncio
+import ctypes
 import importlib.util
 import json
 from pathlib import Path
@@ -251,6 +252,26 @@ def test_llamacpp_greedy_pick_is_llama_cpps_own_greedy():
                 if len(theirs) == len(ours):
                     break
             assert ours == theirs, (prompt, ours, theirs)
+
+
+@_needs("llamacpp")
+def test_llamacpp_runs_on_its_own_threadpools():
+    """The context gets persistent ggml threadpools, as llama-bench's (one for decoding, one for prompts
+    when the counts differ), generates what llama.cpp's own per-graph threadpool does, and frees them
+    with the model."""
+    import llama_cpp
+
+    with load_target(LoadTarget(path=tiny("gguf-q4_k_m", progress=False), backend="llamacpp",
+                                options={"n_threads": 1, "n_threads_batch": 2})) as loaded:
+        assert len(loaded._pools) == 2 and all(loaded._pools)
+        ids = loaded.encode(PROMPT)
+        pooled = loaded.generate(ids, max_tokens=16, ignore_eos=True).token_ids
+        lib = llama_cpp.llama_cpp._lib
+        lib.llama_detach_threadpool.argtypes = [ctypes.c_void_p]
+        lib.llama_detach_threadpool(loaded.llama.ctx)
+        loaded.llama.reset()
+        assert loaded.generate(ids, max_tokens=16, ignore_eos=True).token_ids == pooled
+    assert loaded._pools == []
 
 
 # --- errors ---------------------------------------------------------------------------------------
