@@ -2,7 +2,8 @@
 
 * speed vs ``llama-bench`` (llama.cpp's own benchmark, built from the same vendored source as
   llama-cpp-python by scripts/build_llama_tools.sh): prompt processing (pp128) and generation (tg64)
-  at 1 and 2 threads, and toolkit's default thread choice against llama-bench's best, on SmolLM2-135M
+  at 1 and 2 threads, and toolkit's default thread choice (its decode against llama-bench's best decode,
+  its prefill against llama-bench's at the same thread count), on SmolLM2-135M
   Q4_1 and the tiny model's q4_k_m; the two run alternately, 3 rounds, and are compared by medians;
 * quality vs ``llama-perplexity``: perplexity in the llama.cpp protocol, and the KL statistics of a
   quantized GGUF against its f32 base (``--kl-divergence-base`` / ``--kl-divergence``);
@@ -128,13 +129,18 @@ def speed(models: dict[str, Path], repeats: int, timeout: float, rounds: int = 3
                 rows.append({"model": name, "threads": threads or "default", "error": errors[threads]})
                 continue
             mine = ours[threads]
-            ref = lb[threads or best]  # toolkit's own choice (None) against llama-bench's best
+            # toolkit's own choice (None): its decode against llama-bench's best decode; its prefill against
+            # llama-bench's prefill at the thread count it chose (a prefill on 2 threads against one on 1
+            # would compare the thread counts)
+            chosen = mine[0]["threads"] if threads is None else threads
+            refs = {"tg": lb[threads or best], "pp": lb[chosen if chosen in lb else best]}
             if threads is None:
-                row = {"model": name, "threads": f"default ({mine[0]['threads']})", "vs_threads": best}
+                row = {"model": name, "threads": f"default ({chosen})", "vs_threads": best,
+                       "pp_vs_threads": chosen if chosen in lb else best}
             else:
                 row = {"model": name, "threads": threads, "prompt_tokens_evaluated": mine[-1]["evaluated"]}
             for k in ("pp", "tg"):
-                row.update(compared(k, [o[k] for o in mine], ref[k], "llama_bench"))
+                row.update(compared(k, [o[k] for o in mine], refs[k][k], "llama_bench"))
             row["rounds"] = rounds
             rows.append(row)
             print(json.dumps(row), flush=True)
