@@ -216,3 +216,49 @@ def test_mlx_load_extras_quantizing_at_load(tmp_path):
     assert p.dtype == "float32"
     assert p.memory.load_peak_bytes == p.memory.overhead_bytes + p.memory.weights_bytes + extras["in_flight"]
     assert any("mlx reads the weights one at a time" in r and "before it is quantized" in r for r in p.reasons)
+
+
+def test_hf_counts_the_sliding_window_mask(tmp_path):
+    """A prompt longer than the window: transformers builds a boolean prompt x keys mask for the windowed layers,
+    and SDPA on the CPU makes an additive float copy of it; shorter prompts and windowless models have none."""
+    phi = info_for(tmp_path, "phi-3-mini-4k")  # sliding_window 2047 on every layer
+    assert mem.hf_sliding_mask_bytes(phi, 2047) == 0
+    assert mem.hf_sliding_mask_bytes(phi, 4096, 1, "float32") == 4096 * 4096 * 5
+    assert mem.hf_sliding_mask_bytes(info_for(tmp_path, "llama-3.1-8b"), 32768) == 0
+    # the boolean mask is held through the forward; its float copy lives inside an attention call, with the
+    # layer's projections, while the MLP's intermediates live inside the MLP: the larger phase counts
+    def extra(info, n):
+        return (mem.activation_bytes(info, n, 1, "float32", "hf", device_kind="cpu")
+                - mem.activation_bytes(info, n, 1, "float32", "hf", device_kind="cuda"))
+
+    assert extra(phi, 4096) == 4096 * 4096  # Phi-3's fused MLP (4 x 8192 wide) outweighs the attention phase
+    gemma = info_for(tmp_path, "gemma-2-2b")  # window 4096 on half the layers; 8 heads, 4 KV heads, 256 wide
+    n, mlp = 32768, 32768 * 3 * gemma.intermediate_size * 4
+    width = 8 * 256 + 4 * 512 + 12 * 256 + 8 * 256  # q, k and v; rotated q and k; the output
+    attention = n * n * 4 + n * width * 4
+    assert attention > mlp and extra(gemma, n) == n * n + attention - mlp
+    p = toolkit.plan(tmp_path / "phi-3-mini-4k", "cpu:64GiB", backend="hf", context=4096)
+    assert any("sliding-window mask" in r and "4096 x 4096" in r for r in p.reasons)
+
+
+def test_hf_sliding_mask_term_against_torch_itself():
+    """The engine is the oracle: the RSS peak of torch's CPU SDPA with a boolean sliding-window mask, mask
+    included, is the term's (VmHWM reset through /proc/self/clear_refs, so Linux only)."""
+    torch = pytest.importorskip("torch")
+    if not Path("/proc/self/clear_refs").exists():
+        pytest.skip("needs Linux's /proc/self/clear_refs")
+
+    def kib(field):
+        return next(int(line.split()[1]) for line in Path("/proc/self/status").read_text().splitlines()
+                    if line.startswith(field))
+
+    n = 4096
+    q, k, v = torch.randn(1, 4, n, 64), torch.randn(1, 1, n, 64), torch.randn(1, 1, n, 64)
+    before = kib("VmRSS:")
+    Path("/proc/self/clear_refs").write_text("5")  # VmHWM := VmRSS
+    mask = torch.ones(n, n, dtype=torch.bool).tril_().triu_(-511)[None, None]
+    out = torch.nn.functional.scaled_dot_product_attention(q, k, v, attn_mask=mask, enable_gqa=True)
+    rise = (kib("VmHWM:") - before) * 1024 - out.numel() * 4
+    info = type("Info", (), {"sliding_window": 512, "num_sliding_layers": 1})()
+    planned = mem.hf_sliding_mask_bytes(info, n, 1, "float32")
+    assert 0.9 * planned <= rise <= 1.15 * planned, (rise, planned)

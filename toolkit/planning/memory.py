@@ -405,6 +405,22 @@ def hf_math_attention_bytes(info: ModelInfo, context: int, batch: int = 1) -> in
     return int(HF_MATH_ATTENTION_COPIES * batch * info.num_heads * context * context * 4)
 
 
+# transformers 5.17 with SDPA on the CPU, for a model whose layers keep a sliding window: a prompt longer than
+# the window cannot use SDPA's is_causal, so masking_utils builds one boolean mask of prompt x keys for the
+# windowed layers (1 byte an entry, held through the forward), and torch's CPU SDPA turns a boolean mask into
+# an additive one in the query's dtype for each call (aten's convert_boolean_attn_mask). Measured alone
+# (torch 2.13 CPU, float32, 4 heads x 256, a 512-token window; 2026-12-06): SDPA's peak rose 293 MiB above
+# the held mask at 8k and 1094 MiB at 16k, 4 bytes an entry plus the output. Full-attention layers with no
+# padding skip the mask (is_causal). Gemma-3-1B's hf 32k row read -35.7 % without this term.
+def hf_sliding_mask_bytes(info: ModelInfo, context: int, batch: int = 1, dtype: str = "float32") -> int:
+    """The sliding-window attention mask an hf forward over ``context`` prompt tokens holds on the CPU, and
+    SDPA's additive copy of it; 0 when no layer keeps a window or the prompt fits in it."""
+    if not windowed_layers(info, "hf") or context <= (info.sliding_window or context):
+        return 0
+    b = DTYPES.get(normalize_dtype(dtype) or "float32", 4)
+    return int(batch * context * context * (1 + b))
+
+
 # mlx[cpu]: mx.fast.scaled_dot_product_attention has no fused kernel on the CPU and materialises each
 # layer's scores, heads x chunk x keys in the activation dtype, once: measured alone (mlx 0.32.4 cpu,
 # Phi-3's 32 heads x 96, float32, causal; 2026-12-06) mx.get_peak_memory() rose by the scores plus the
@@ -489,6 +505,17 @@ def activation_bytes(info: ModelInfo, context: int, batch: int = 1, dtype: str =
         tokens = batch * context
         logits = (tokens if mode == "score" else batch) * info.vocab_size * 4
         scores = hf_math_attention_bytes(info, context, batch) if device_kind == "cpu" else 0
+        mask = hf_sliding_mask_bytes(info, context, batch, dtype) if device_kind == "cpu" else 0
+        if mask:
+            # the boolean mask is held through the forward; SDPA's additive copy lives only inside an
+            # attention call, with that layer's q/k/v projections, rotated q and k and output, while the
+            # MLP's intermediates live only inside the MLP: the larger of the two phases counts
+            held = mask // (1 + b)
+            heads, kv_heads, qk_head, v_head = _attention_heads(info)
+            width = heads * qk_head + kv_heads * (qk_head + v_head) + (heads + kv_heads) * qk_head + heads * v_head
+            mlp = tokens * live * inter * b
+            attention = mask - held + tokens * width * b
+            return int(tokens * 4 * info.hidden_size * b + logits + scores + held + max(mlp, attention))
     else:
         # mlx keeps the MLP's intermediates live as hf does, four where gate and up are one matrix
         # (mlx-lm's phi3 splits a gate_up_proj output too)

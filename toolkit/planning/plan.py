@@ -331,6 +331,11 @@ def _reasons(info: ModelInfo, dev: Device, chosen: _Candidate, m: MemoryBreakdow
                        f"in size from the query heads ({(info.head_dim or 0) + (info.qk_rope_head_dim or 0)}), so "
                        "torch's SDPA on the CPU takes its math path, which materialises a layer's scores "
                        f"({mem.HF_MATH_ATTENTION_COPIES} x heads x context^2 float32)")
+    mask = mem.hf_sliding_mask_bytes(info, max_ctx, 1, chosen.dtype) if chosen.backend == "hf" and dev.kind == "cpu" else 0
+    if mask:
+        reasons.append(f"sliding-window mask {_fmt(mask)} at {max_ctx} tokens: a prompt longer than the window "
+                       f"({info.sliding_window}) makes transformers build a boolean mask of {max_ctx} x {max_ctx}, which "
+                       f"SDPA on the CPU copies into an additive one in {chosen.dtype}; a shorter --context shrinks it")
     if chosen.backend == "mlx" and dev.kind == "cpu":
         chunk = min(max_ctx, mem.MLX_PREFILL_STEP)
         grown = " and one layer's cache while mlx-lm grows it by concatenation" if max_ctx > chunk else ""
