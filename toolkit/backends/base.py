@@ -9,6 +9,7 @@ context-manager use — lives here once, so that every backend is measured the s
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import threading
 import time
 from dataclasses import dataclass, replace
@@ -143,11 +144,17 @@ class Loaded(AdapterSlots):
         self._check_open()
         ids = self.prompt_ids(prompt, config)
         config = self._within_context(ids, config)
+        yield from self._guarded(ids, config, self._timed_stream(ids, config))
+
+    def _guarded(self, ids: list[int], config: GenerationConfig, steps: Iterator[Any]) -> Iterator[Any]:
+        """``steps`` of one generation under the model's lock, an allocator failure in them turned into
+        OutOfMemory, raised after the failed step's memory is released (outside the except block, so the
+        error holds no traceback of the failure, nor its tensors)."""
         before = rss_bytes()
         failure: tuple[str, str] | None = None
         with self._lock:
             try:
-                yield from self._timed_stream(ids, config)
+                yield from steps
             except Exception as exc:
                 if isinstance(exc, OutOfMemory) or not is_out_of_memory(exc):
                     raise
@@ -219,8 +226,11 @@ class Loaded(AdapterSlots):
             yield pending
 
     def generate(self, prompt: Prompt, config: GenerationConfig | None = None, **options: Any) -> GenerationResult:
-        """Generate to completion: a loop over :meth:`stream`."""
+        """Generate to completion: a loop over :meth:`stream`, or, without stop strings, over the backend's
+        tokens directly (:meth:`_collect`: the same result without a Chunk a token)."""
         config = merge_config(config, options)
+        if not config.stop and type(self).stream is Loaded.stream:  # a backend with its own stream keeps it
+            return self._collect(prompt, config)
         parts: list[str] = []
         token_ids: list[int] = []
         last: Chunk | None = None
@@ -232,6 +242,32 @@ class Loaded(AdapterSlots):
             return GenerationResult("", [], len(self.prompt_ids(prompt, config)), 0, "length", 0.0, 0.0)
         return GenerationResult("".join(parts), token_ids, last.prompt_tokens, last.generated_tokens,
                                 last.finish_reason or "length", last.ttft_s, last.elapsed_s)
+
+    def _collect(self, prompt: Prompt, config: GenerationConfig) -> GenerationResult:
+        """:meth:`generate` without stop strings: the tokens and timings :meth:`_timed_stream` would give, with
+        its per-token work cut to a clock read and two appends. On the tiny model at one thread (0.25 ms a
+        token) the Chunk-a-token path cost 3.5 us a token over the backend's own loop, 1.4 % of its speed."""
+        self._check_open()
+        ids = self.prompt_ids(prompt, config)
+        config = self._within_context(ids, config)
+        token_ids: list[int] = []
+        parts: list[str] = []
+        finish: str | None = None
+        with self._lock, contextlib.closing(self._guarded(ids, config, self._stream(ids, config))) as steps:
+            start = now = ttft = time.perf_counter()  # as _timed_stream's: once the lock is held
+            for new_ids, new_text, hit_eos in steps:
+                now = time.perf_counter()
+                if not token_ids:
+                    ttft = now
+                token_ids += new_ids
+                parts.append(new_text)
+                finish = finish_reason(False, hit_eos, len(token_ids), config)
+                if finish is not None:
+                    break
+        if not parts:  # the backend yielded nothing
+            return GenerationResult("", [], len(ids), 0, "length", 0.0, 0.0)
+        return GenerationResult("".join(parts), token_ids, len(ids), len(token_ids), finish or "length",
+                                ttft - start, now - start)
 
     def generate_batch(self, prompts: Sequence[Prompt], config: GenerationConfig | None = None,
                        **options: Any) -> list[GenerationResult]:
