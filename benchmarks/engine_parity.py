@@ -2,8 +2,9 @@
 
 * speed vs ``llama-bench`` (llama.cpp's own benchmark, built from the same vendored source as
   llama-cpp-python by scripts/build_llama_tools.sh): prompt processing (pp128) and generation (tg64)
-  at 1 and 2 threads, and toolkit's default thread choice (its decode against llama-bench's best decode,
-  its prefill against llama-bench's at the same thread count), on SmolLM2-135M
+  at 1 and 2 threads, and toolkit's default thread choice (probed at each load; its decode against
+  llama-bench's best of 1 and 2 threads in the same round, its prefill against llama-bench's at the thread
+  count it chose), on SmolLM2-135M
   Q4_1 and the tiny model's q4_k_m; the two run alternately, 3 rounds, and are compared by medians;
 * quality vs ``llama-perplexity``: perplexity in the llama.cpp protocol, and the KL statistics of a
   quantized GGUF against its f32 base (``--kl-divergence-base`` / ``--kl-divergence``);
@@ -123,24 +124,26 @@ def speed(models: dict[str, Path], repeats: int, timeout: float, rounds: int = 3
 
         median = statistics.median
         lb = {t: {k: [r[k][0] for r in theirs[t]] for k in ("pp", "tg")} for t in (1, 2)}
-        best = max((1, 2), key=lambda t: median(lb[t]["tg"]))  # llama-bench's best thread count
+        best = max((1, 2), key=lambda t: median(lb[t]["tg"]))  # llama-bench's best thread count over the rounds
         for threads in (1, 2, None):
             if threads in errors:
                 rows.append({"model": name, "threads": threads or "default", "error": errors[threads]})
                 continue
             mine = ours[threads]
-            # toolkit's own choice (None): its decode against llama-bench's best decode; its prefill against
-            # llama-bench's prefill at the thread count it chose (a prefill on 2 threads against one on 1
-            # would compare the thread counts)
-            chosen = mine[0]["threads"] if threads is None else threads
-            refs = {"tg": lb[threads or best], "pp": lb[chosen if chosen in lb else best]}
             if threads is None:
-                row = {"model": name, "threads": f"default ({chosen})", "vs_threads": best,
-                       "pp_vs_threads": chosen if chosen in lb else best}
+                # toolkit's own choice, probed at each load, round by round: its decode against llama-bench's
+                # best decode of 1 and 2 threads in that round, its prefill against llama-bench's at the
+                # thread count it chose (a prefill on 2 threads against one on 1 compares thread counts)
+                chosen = [o["threads"] if o["threads"] in lb else best for o in mine]
+                refs = {"tg": [max(theirs[1][r]["tg"][0], theirs[2][r]["tg"][0]) for r in range(len(mine))],
+                        "pp": [theirs[t][r]["pp"][0] for r, t in enumerate(chosen)]}
+                row = {"model": name, "threads": "default (" + ",".join(map(str, chosen)) + ")",
+                       "vs": "llama-bench's best of 1 and 2 threads in each round (tg); at the chosen count (pp)"}
             else:
+                refs = lb[threads]
                 row = {"model": name, "threads": threads, "prompt_tokens_evaluated": mine[-1]["evaluated"]}
             for k in ("pp", "tg"):
-                row.update(compared(k, [o[k] for o in mine], refs[k][k], "llama_bench"))
+                row.update(compared(k, [o[k] for o in mine], refs[k], "llama_bench"))
             row["rounds"] = rounds
             rows.append(row)
             print(json.dumps(row), flush=True)
@@ -194,30 +197,42 @@ def mlx(repeats: int, timeout: float, rounds: int = 3) -> list[dict]:
 # --- speed: vLLM's own LLM.generate ----------------------------------------------------------------
 
 def vllm_pair(model: str, repeats: int) -> dict:
-    """In the vLLM environment: vLLM's own LLM.generate timing and toolkit's bench, on one engine."""
+    """In the vLLM environment, on one engine: vLLM's own ``LLM.generate`` and toolkit's ``generate``, end to
+    end (prefill included, as ``LLM.generate`` reports), alternately, each run on a fresh prompt."""
     import random
 
     import toolkit
-    from toolkit.measuring.bench import bench
+    from toolkit.backends.generation import GenerationConfig
 
     with toolkit.load(model, "vllm", context=512) as loaded:
         from vllm import SamplingParams, TokensPrompt
 
         rng = random.Random(1)
-        rates = []
-        for _ in range(repeats):
-            ids = [rng.randrange(16, loaded.vocab_size) for _ in range(PP)]
-            params = SamplingParams(max_tokens=TG, ignore_eos=True, temperature=0.0)
+        params = SamplingParams(max_tokens=TG, ignore_eos=True, temperature=0.0)
+        config = GenerationConfig(max_tokens=TG, ignore_eos=True)
+
+        def fresh() -> list[int]:
+            return [rng.randrange(16, loaded.vocab_size) for _ in range(PP)]
+
+        def theirs() -> float:
             start = time.perf_counter()
-            out = loaded.llm.generate([TokensPrompt(prompt_token_ids=ids)], params, use_tqdm=False)
-            elapsed = time.perf_counter() - start
-            rates.append(len(out[0].outputs[0].token_ids) / elapsed)
-        r = bench(loaded, prompt_tokens=PP, new_tokens=TG, repeats=repeats)
-        own = sum(rates) / len(rates)
-        # LLM.generate's rate includes the prefill; toolkit's full-run rate is the comparable one
-        ours = TG / (r.ttft_s + (TG - 1) / r.decode_tok_s)
-        return {"vllm_generate_tok_s": own, "toolkit_end_to_end_tok_s": ours, "toolkit_decode_tok_s": r.decode_tok_s,
-                "ratio": ours / own}
+            out = loaded.llm.generate([TokensPrompt(prompt_token_ids=fresh())], params, use_tqdm=False)
+            return len(out[0].outputs[0].token_ids) / (time.perf_counter() - start)
+
+        def ours() -> float:
+            start = time.perf_counter()
+            result = loaded.generate(fresh(), config)
+            return result.completion_tokens / (time.perf_counter() - start)
+
+        theirs(), ours()  # untimed: the first run of each
+        own, mine = [], []
+        for _ in range(max(repeats, 5)):
+            own.append(theirs())
+            mine.append(ours())
+        row = compared("e2e", mine, own, "vllm_generate")
+        return {"vllm_generate_tok_s": row["vllm_generate_e2e"], "toolkit_end_to_end_tok_s": row["toolkit_e2e"],
+                "ratio": row["e2e_ratio"], "ratio_paired": row["e2e_ratio_paired"],
+                "toolkit_rounds": mine, "vllm_generate_rounds": own}
 
 
 def vllm(repeats: int, timeout: float) -> list[dict]:

@@ -70,3 +70,28 @@ def test_row_keeps_samples_means_and_deviations():
     assert r.decode_p10_tok_s <= r.decode_median_tok_s and r.ttft_s <= r.ttft_p90_s
     assert r.prefill_tok_s == pytest.approx(statistics.fmean(16 / t for t in r.samples["ttft_s"]))
     assert r.threads == 1 and r.depth == 16 and d.depth == 0 and len(d.samples["decode_tok_s"]) == 3
+
+
+def test_the_thread_probe_takes_turns_until_it_has_timed_enough(monkeypatch):
+    """The candidates decode in turns (the host's drift falls on both), at least PROBE_TOKENS turns and until
+    PROBE_SECONDS a candidate are timed; the faster median wins. A fake clock stands in for the decodes."""
+    from toolkit.backends import threads
+
+    clock = [0.0]
+    cost = {1: 0.0005, 2: 0.0004}  # seconds a token
+    calls: list[int] = []
+
+    def decode_one(n):
+        calls.append(n)
+        clock[0] += cost[n]
+
+    monkeypatch.setattr(threads.time, "perf_counter", lambda: clock[0])
+    monkeypatch.setattr(threads, "cpu_count", lambda: 2)
+    best, rates = threads.probe_threads(decode_one, 1 << 20)
+    assert best == 2 and rates[2] > rates[1]
+    assert calls[:2] == [1, 2] and calls[2:6] == [1, 2, 1, 2]  # one untimed each, then turns
+    turns = (len(calls) - 2) // 2
+    assert (turns - 1) * 0.0009 < threads.PROBE_SECONDS * 2 <= turns * 0.0009  # stopped once enough was timed
+    cost.update({1: 0.5, 2: 0.9})  # slow decodes: PROBE_TOKENS turns, no more
+    calls.clear()
+    assert threads.probe_threads(decode_one, 1 << 20)[0] == 1 and len(calls) == 2 + 2 * threads.PROBE_TOKENS

@@ -18,28 +18,42 @@ from typing import Callable
 from toolkit.facts.process import cpu_count
 
 PROBE_MAX_BYTES = 2 * 2**30
-PROBE_TOKENS = 4
+PROBE_TOKENS = 4  # turns at least (a turn: one timed single-token decode per candidate)
+# and turns until the timed decodes add up to PROBE_SECONDS a candidate, at most PROBE_MAX_TOKENS: 4 tokens of
+# the tiny model take 1 ms, less than this shared host's jitter. With 4 tokens and no turns, one 7-round
+# engine_parity run (2026-12-06) saw the probe keep 1 thread in 4 rounds, in one of which 2 threads were 1.24x
+# faster (llama-bench's tg64 in the same round).
+PROBE_SECONDS = 0.04
+PROBE_MAX_TOKENS = 256
 
 
 def probe_threads(decode_one: Callable[[int], None], weights_bytes: int,
                   candidates: tuple[int, ...] | None = None) -> tuple[int, dict[int, float]]:
-    """The thread count whose decoding is fastest, and the tokens/s measured for each.
+    """The thread count whose decoding is fastest, and the tokens/s measured for each (the median decode).
 
-    ``decode_one(n)`` sets ``n`` threads and decodes one token; it is called ``PROBE_TOKENS`` times
-    per candidate (after one untimed call). Single-core machines and large models skip the probe.
+    ``decode_one(n)`` sets ``n`` threads and decodes one token. Each candidate gets one untimed call, then
+    the candidates take turns (so that the host's drift falls on all of them), at least ``PROBE_TOKENS``
+    turns and until the timed decodes add up to ``PROBE_SECONDS`` a candidate, at most
+    ``PROBE_MAX_TOKENS`` turns. Single-core
+    machines and large models skip the probe.
     """
     cores = cpu_count()
     if cores <= 1 or weights_bytes >= PROBE_MAX_BYTES:
         return cores, {}
-    rates: dict[int, float] = {}
-    for n in candidates or (1, cores):
+    names = candidates or (1, cores)
+    times: dict[int, list[float]] = {n: [] for n in names}
+    for n in names:
         decode_one(n)
-        times = []
-        for _ in range(PROBE_TOKENS):
+
+    spent, rounds = 0.0, 0
+    while rounds < PROBE_MAX_TOKENS and (rounds < PROBE_TOKENS or spent < PROBE_SECONDS * len(names)):
+        rounds += 1
+        for n in names:
             start = time.perf_counter()
             decode_one(n)
-            times.append(time.perf_counter() - start)
-        rates[n] = 1.0 / max(statistics.median(times), 1e-9)
+            times[n].append(time.perf_counter() - start)
+            spent += times[n][-1]
+    rates = {n: 1.0 / max(statistics.median(times[n]), 1e-9) for n in names}
     return max(rates, key=lambda n: (rates[n], n)), rates
 
 
