@@ -136,8 +136,9 @@ def cases(long: str = "default") -> tuple[list[Case], list[dict]]:
         for backend, fmt in (("hf", "hf"), ("llamacpp", "gguf-q4_k_m"), ("llamacpp", "gguf-f16")):
             out.append(Case(arch, real, backend, fmt, ctx, True))
         out.append(Case(arch, real, "mlx", "hf", ctx, mlx_fast, "" if mlx_fast else MLX_SLOW))
-        for c in CONTEXTS[1:]:  # the engine's figures at the real depth cost a second each
-            out.append(Case(arch, real, "llamacpp", "gguf-q4_k_m", c, False, "the engine's figures only"))
+        for c in CONTEXTS[1:]:  # the engine's figures at the real depth cost a second each; --long all fills them
+            out.append(Case(arch, real, "llamacpp", "gguf-q4_k_m", c, long == "all",
+                            "" if long == "all" else "the engine's figures only (--long all measures it)"))
     # cheap first (so that a run cut short has most rows): hf and llamacpp up to 8k, then mlx and 32k
     out.sort(key=lambda c: (c.measure and (c.backend == "mlx" or c.context == LONG), c.context, not c.measure,
                             c.layers > 8))
@@ -347,7 +348,8 @@ def summarise(row: dict) -> dict:
         s["engine_buffers_bytes"] = engine["mlx_peak_bytes"]
         # mlx's peak is the load's where the weights' conversion holds more than the prefill does
         load = (m.get("load_peak_bytes") or 0) - (m.get("overhead_bytes") or 0)
-        s["pred_buffers_bytes"] = max(pred_wkc, load)
+        eb = m.get("engine_buffers")  # what mlx allocates, where it differs from what becomes resident
+        s["pred_buffers_bytes"] = max(sum(eb.values()) if eb else pred_wkc, load)
         s["buffers_what"] = "mx.get_peak_memory()"
     elif row["backend"] == "hf" and engine.get("weights_bytes"):
         s["engine_kv_bytes"] = engine.get("kv_bytes")

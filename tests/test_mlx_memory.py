@@ -120,3 +120,24 @@ def test_mlx_keeps_phi3s_whole_context_where_transformers_keeps_the_window(tmp_p
     gemma3 = inspect(make_folder(tmp_path / "gemma3", A.published_config("gemma-3-1b")))
     assert mem.kv_cache_bytes(gemma3, 8192, 1, "float32", backend="mlx") == \
         mem.kv_cache_bytes(gemma3, 8192, 1, "float32", backend="hf") < mem.kv_bytes_per_token(gemma3, "float32") * 8192
+
+
+def test_mlx_prefill_hands_large_frees_back(llama_tied, monkeypatch):
+    """The prefill (the first step only) runs inside ``large_frees_returned``, and the region is closed before
+    the first token reaches the caller: decoding keeps malloc's heap (toolkit.facts.process has the why)."""
+    from contextlib import contextmanager
+
+    import toolkit.backends.mlx as backend
+
+    events: list[str] = []
+
+    @contextmanager
+    def region():
+        events.append("enter")
+        yield
+        events.append("exit")
+
+    monkeypatch.setattr(backend, "large_frees_returned", region)
+    with toolkit.load(llama_tied, "mlx", dtype="float32", context=256) as loaded:
+        seen = [list(events) for _ in loaded.stream(list(range(300, 364)), max_tokens=4, ignore_eos=True)]
+    assert len(seen) == 4 and all(s == ["enter", "exit"] for s in seen)

@@ -11,6 +11,7 @@ layers back, so the base model's outputs return exactly.
 
 from __future__ import annotations
 
+import itertools
 import json
 import math
 import os
@@ -37,6 +38,7 @@ from toolkit.backends.base import Loaded, LoadTarget
 from toolkit.backends.generation import GenerationConfig, by_prefix, log_softmax
 from toolkit.backends.tokenizer import HFTokenizerMixin
 from toolkit.errors import InvalidModel, InvalidSpec, ModelNotFound
+from toolkit.facts.process import large_frees_returned
 from toolkit.planning.memory import MLX_GROUP_SIZE
 
 
@@ -65,7 +67,13 @@ class MLXLoaded(HFTokenizerMixin, Loaded):
         generated: list[int] = []
         shown = ""
         steps = generate_step(mx.array(prompt_ids), self.model, max_tokens=config.max_tokens, sampler=sampler)
-        for token, _ in steps:
+        # The prefill (the first step) frees its large arrays back to the system: mlx[cpu] takes them from
+        # malloc, whose heap kept what the prefill freed below glibc's raised mmap threshold (up to 32 MiB),
+        # and fragmentation grew it layer by layer: Gemma-3-1B (12 layers, 2k) peaked 190 MiB higher, and
+        # only the prefill allocates arrays that large (see toolkit.facts.process.large_frees_returned).
+        with large_frees_returned():
+            first = next(steps, None)
+        for token, _ in itertools.chain([first] if first is not None else [], steps):
             token = int(token)
             generated.append(token)
             text = self.tokenizer.decode(generated, skip_special_tokens=True)

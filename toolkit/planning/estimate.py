@@ -66,11 +66,15 @@ def estimate(info: ModelInfo, device: Device, c: Candidate, context: int, batch:
     ovh = mem.overhead_bytes(c.backend, dev, weights_bytes=w, quantization=c.quantization)
     if c.backend in ("hf", "mlx") and device.kind in ("cpu", "mps"):  # transformers' tokenizer grows with the vocabulary
         ovh += mem.HF_TOKENIZER_BYTES_PER_TOKEN * max(0, info.vocab_size - mem.HF_TINY_VOCAB)
+    engine = None
+    if c.backend == "mlx" and device.kind == "cpu":  # mlx allocates more than becomes resident (activation_bytes)
+        allocated = mem.activation_bytes(info, context, batch, c.dtype, "mlx", device_kind="cpu", allocated=True)
+        engine = {"model": w, "kv": kv, "compute": allocated, "output": 0}
     running = w + kv + act + ovh
     load = ovh + w + sum(load_extras(info, device, c).values())
     if load > running:
-        return MemoryBreakdown(c.budget, w, kvt, kv, act, ovh, load, load_peak_bytes=load)
-    return MemoryBreakdown(c.budget, w, kvt, kv, act, ovh, running)
+        return MemoryBreakdown(c.budget, w, kvt, kv, act, ovh, load, engine, load_peak_bytes=load)
+    return MemoryBreakdown(c.budget, w, kvt, kv, act, ovh, running, engine)
 
 
 def load_extras(info: ModelInfo, device: Device, c: Candidate) -> dict[str, int]:

@@ -342,7 +342,10 @@ def _reasons(info: ModelInfo, dev: Device, chosen: _Candidate, m: MemoryBreakdow
         reasons.append(f"attention {_fmt(mem.mlx_cpu_attention_bytes(info, max_ctx, dtype=chosen.dtype))} at "
                        f"{max_ctx} tokens: mlx on the CPU has no fused attention kernel, so the prefill's last "
                        f"chunk materialises a layer's scores ({info.num_heads} heads x {chunk} x {max_ctx} in "
-                       f"{chosen.dtype}) beside its q/k/v projections{grown}; a shorter --context shrinks them")
+                       f"{chosen.dtype}) beside its q/k/v projections{grown}; a shorter --context shrinks them"
+                       + (f"; mlx allocates {_fmt(m.engine_buffers['compute'])} of activations in all (the outputs of "
+                          f"queued operations before they run), {_fmt(m.activation_bytes)} of them written at once"
+                          if m.engine_buffers else ""))
     if info.weights_format == "pickle":
         reasons.append("weights are pickle files (never opened while planning): convert them to safetensors, "
                        "or load with allow_pickle=True (--allow-pickle) if you trust their source")

@@ -26,7 +26,8 @@ class MemoryBreakdown:
     overhead_bytes: int
     total_bytes: int
     # the engine's own buffers as predicted, where they differ from what becomes resident (llama.cpp on
-    # the CPU reserves a compute buffer for n_ubatch logits that a generation never writes):
+    # the CPU reserves a compute buffer for n_ubatch logits that a generation never writes; mlx on the
+    # CPU allocates the outputs of queued operations before it writes them):
     # {"model", "kv", "compute", "output"} in bytes; None when the breakdown is the engine's figure
     engine_buffers: dict | None = None
     # the process's peak while loading, where it is above weights + KV + activations + overhead (hf on
