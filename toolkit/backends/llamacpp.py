@@ -25,7 +25,7 @@ import re
 import random
 import sys
 import time
-from functools import partial
+from functools import cache, partial
 from pathlib import Path
 from typing import Any, Iterator, Sequence
 
@@ -424,9 +424,11 @@ def _probe_threads(llama: Llama, kwargs: dict[str, Any], weights_bytes: int, bat
     kwargs.update(n_threads=threads, n_threads_batch=batch)
 
 
+@cache
 def _ggml_cpu() -> tuple[Any, Any]:
     """(libggml-base, libggml-cpu) of the wheel, as ctypes libraries with the threadpool functions typed:
-    llama-cpp-python binds neither ``ggml_threadpool_new`` nor ``llama_attach_threadpool``."""
+    llama-cpp-python binds neither ``ggml_threadpool_new`` nor ``llama_attach_threadpool``. Opened and
+    typed once a process, for every load's attach and every unload's free."""
     lib_dir = Path(llama_cpp.__file__).parent / "lib"
     base, cpu = (ctypes.CDLL(str(lib_dir / name)) for name in ("libggml-base.so", "libggml-cpu.so"))
     base.ggml_threadpool_params_init.argtypes = [ctypes.c_void_p, ctypes.c_int]

@@ -34,8 +34,7 @@ def probe_threads(decode_one: Callable[[int], None], weights_bytes: int,
     ``decode_one(n)`` sets ``n`` threads and decodes one token. Each candidate gets one untimed call, then
     the candidates take turns (so that the host's drift falls on all of them), at least ``PROBE_TOKENS``
     turns and until the timed decodes add up to ``PROBE_SECONDS`` a candidate, at most
-    ``PROBE_MAX_TOKENS`` turns. Single-core
-    machines and large models skip the probe.
+    ``PROBE_MAX_TOKENS`` turns. Single-core machines and large models skip the probe.
     """
     cores = cpu_count()
     if cores <= 1 or weights_bytes >= PROBE_MAX_BYTES:

@@ -460,7 +460,8 @@ def mlx_cpu_attention_bytes(info: ModelInfo, context: int, batch: int = 1, dtype
     alive together: measured alone on Phi-3's widths growing 2048 -> 4096 tokens, mlx's peak rose by one
     layer's grown cache). Fitted on nothing: each piece is an array mlx-lm's forward makes; against
     mx.get_peak_memory() of the 20 mlx cases of ``benchmarks/planner_accuracy.py --suite architectures``
-    (2-12 layers, 2k-32k, float32) the buffers err -2.5 % ... +3.0 % with this term, -7.8 % ... +5.2 %
+    (2-12 layers, 2k-32k, float32) the buffers (what mlx allocates: :func:`activation_bytes` with
+    ``allocated=True``) err -2.5 % ... +2.0 % with this term (re-measured 2026-12-06 22:15), -7.8 % ... +5.2 %
     with the scores alone at 1.08 x."""
     b = DTYPES.get(normalize_dtype(dtype) or "bfloat16", 2)
     chunk = min(context, MLX_PREFILL_STEP)
